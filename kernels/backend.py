@@ -190,10 +190,16 @@ def _parameter_names(parameters: str) -> list[str]:
     return names
 
 
+def strip_comments(source: str) -> str:
+    """Remove // and /* */ comments, so that a comment inside a kernel's parameter list cannot break parsing."""
+    source = re.sub(r"/\*.*?\*/", " ", source, flags=re.S)
+    return re.sub(r"//[^\n]*", "", source)
+
+
 def emulation_launchers(source: str) -> str:
     """C++ source of one launcher per kernel: the grid loop that stands in for the GPU's scheduler."""
     launchers = []
-    for kernel, parameters in _KERNEL_SIGNATURE.findall(source):
+    for kernel, parameters in _KERNEL_SIGNATURE.findall(strip_comments(source)):
         call_arguments = ", ".join(_parameter_names(parameters))
         launchers.append(f"""
 extern "C" void emulate_{kernel}(unsigned int grid_x, unsigned int block_x, {parameters}) {{
