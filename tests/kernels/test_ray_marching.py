@@ -1,0 +1,270 @@
+"""kernels/ray_marching: occupancy-grid marching (Instant-NGP Sec. 5.2, Appendix E), the twin against the CUDA
+source (emulated on the CPU, CuPy on a GPU), the properties of the samples, and the grid maintenance kernels.
+
+Tolerances: fixed steps use the same float32 formulas on every face, so the samples must be identical
+(torch.equal). Exponential steps go through expf/logf, which differ by an ulp between libraries: the counts must
+agree and the t values within 1e-5 relative.
+"""
+import math
+
+import pytest
+import torch
+
+from kernels.ray_marching import (OccupancyGrid, march_rays, occupancy_update_torch, pack_bitfield_torch,
+                                  ray_aabb_intersect)
+
+AABB = torch.tensor([[-1.0, -0.5, -1.5], [1.5, 1.0, 1.0]])  # deliberately not a cube, not centred
+
+
+def random_bitfield(grid_res, fraction, seed):
+    occupied = torch.rand(grid_res ** 3, generator=torch.Generator().manual_seed(seed)) < fraction  # (G^3,)
+    return pack_bitfield_torch(occupied.float(), 0.5), occupied
+
+
+def full_bitfield(grid_res):
+    return torch.full((grid_res ** 3 // 8,), 255, dtype=torch.uint8)
+
+
+def random_rays(n_rays, seed):
+    """Rays from outside towards the box, some missing it, some starting inside, some axis-aligned or grazing."""
+    generator = torch.Generator().manual_seed(seed)
+    centre, size = AABB.mean(0), AABB[1] - AABB[0]
+    rays_d = torch.randn(n_rays, 3, generator=generator)
+    rays_d = rays_d / rays_d.norm(dim=-1, keepdim=True)  # (R, 3)
+    rays_o = centre - 3.0 * rays_d + 0.6 * torch.randn(n_rays, 3, generator=generator)  # (R, 3) many hit, some miss
+    quarter = n_rays // 4
+    rays_o[:quarter] = AABB[0] + torch.rand(quarter, 3, generator=generator) * size  # starting inside the box
+    rays_d[quarter:quarter + 10] = torch.tensor([0.0, 0.0, 1.0])  # axis-aligned: zero components
+    rays_o[quarter:quarter + 10, :2] = AABB[0, :2] + torch.rand(10, 2, generator=generator) * size[:2]
+    rays_o[quarter:quarter + 10, 2] = -4.0
+    rays_d[quarter + 10:quarter + 15] = torch.tensor([1.0, 1e-7, -1e-7])  # grazing along x
+    rays_o[quarter + 10:quarter + 15] = torch.tensor([-3.0, 0.2, -0.3])
+    offsets = torch.rand(n_rays, generator=generator)  # (R,) jitter u
+    return rays_o, rays_d, offsets
+
+
+def per_ray(ray_starts, ray_counts, values):
+    return [values[s:s + c] for s, c in zip(ray_starts.tolist(), ray_counts.tolist())]
+
+
+def assert_same_samples(a, b):
+    for name, x, y in zip(("ray_starts", "ray_counts", "t_starts", "t_ends"), a, b):
+        assert x.dtype == y.dtype and torch.equal(x, y), f"{name} differ"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Twin vs CUDA source (emulated)
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("grid_res,fraction,max_samples", [(16, 0.05, 1000), (32, 0.3, 1000), (64, 0.02, 24)])
+def test_fixed_steps_emulated_kernel_gives_exactly_the_twins_samples(grid_res, fraction, max_samples):
+    """The kernel skips empty cells, the twin tests every lattice point: same samples, bit for bit."""
+    bitfield, _ = random_bitfield(grid_res, fraction, seed=grid_res)
+    rays_o, rays_d, offsets = random_rays(400, seed=grid_res)
+    settings = dict(near=0.5, far=5.0, dt=0.01, max_samples=max_samples, offsets=offsets)
+    twin = march_rays(rays_o, rays_d, AABB, bitfield, grid_res, backend="torch", **settings)
+    kernel = march_rays(rays_o, rays_d, AABB, bitfield, grid_res, backend="emulated", **settings)
+    assert twin[1].sum() > 0
+    assert_same_samples(twin, kernel)
+
+
+@pytest.mark.parametrize("dt_max", [None, 0.05])
+def test_exponential_steps_emulated_kernel_matches_twin(dt_max):
+    grid_res = 32
+    bitfield, _ = random_bitfield(grid_res, 0.2, seed=7)
+    rays_o, rays_d, offsets = random_rays(400, seed=8)
+    settings = dict(near=0.2, far=6.0, dt=0.005, cone_angle=1 / 64, dt_max=dt_max, max_samples=1000, offsets=offsets)
+    twin = march_rays(rays_o, rays_d, AABB, bitfield, grid_res, backend="torch", **settings)
+    kernel = march_rays(rays_o, rays_d, AABB, bitfield, grid_res, backend="emulated", **settings)
+    assert torch.equal(twin[1], kernel[1]) and torch.equal(twin[0], kernel[0])
+    assert torch.allclose(kernel[2], twin[2], rtol=1e-5, atol=0)
+    assert torch.allclose(kernel[3], twin[3], rtol=1e-5, atol=0)
+    steps = twin[3] - twin[2]
+    assert steps.min() >= 0.005 * (1 - 1e-4)  # never below dt
+    if dt_max is not None:
+        assert steps.max() <= dt_max * (1 + 1e-4)  # never above dt_max
+
+
+@pytest.mark.parametrize("backend", ["torch", "emulated"])
+def test_no_rays_and_empty_grid_give_no_samples(backend):
+    empty_grid = torch.zeros(16 ** 3 // 8, dtype=torch.uint8)
+    rays_o, rays_d, offsets = random_rays(50, seed=1)
+    starts, counts, t_starts, t_ends = march_rays(rays_o, rays_d, AABB, empty_grid, 16, near=0.0, far=10.0,
+                                                  dt=0.01, offsets=offsets, backend=backend)
+    assert counts.shape == starts.shape == (50,) and counts.dtype == starts.dtype == torch.int32
+    assert counts.sum() == 0 and t_starts.shape == t_ends.shape == (0,) and t_starts.dtype == torch.float32
+    none = torch.zeros(0, 3)
+    starts, counts, t_starts, t_ends = march_rays(none, none, AABB, full_bitfield(16), 16, near=0.0, far=10.0,
+                                                  dt=0.01, backend=backend)
+    assert starts.shape == counts.shape == t_starts.shape == t_ends.shape == (0,)
+
+
+@pytest.mark.parametrize("backend", ["torch", "emulated"])
+def test_rays_that_miss_the_box_get_no_samples(backend):
+    rays_o = torch.tensor([[5.0, 5.0, 5.0], [0.0, 3.0, 0.0], [0.0, 0.0, 0.0]])
+    rays_d = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])  # last one is inside the box
+    _, counts, _, _ = march_rays(rays_o, rays_d, AABB, full_bitfield(8), 8, near=0.0, far=10.0, dt=0.1,
+                                 backend=backend)
+    assert counts.tolist()[:2] == [0, 0] and counts[2] > 0
+    # ... and so do rays whose [near, far] ends before the box
+    _, counts, _, _ = march_rays(rays_o, rays_d, AABB, full_bitfield(8), 8, near=0.0, far=1e-3, dt=0.1,
+                                 backend=backend)
+    assert counts.sum() == 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "emulated"])
+def test_full_grid_samples_every_lattice_point_inside_the_box_up_to_the_cap(backend):
+    """Full grid: the count is #{k >= 0 : t0 + (k + 1 + u) dt <= t_end} = floor((t_end - t0) / dt - u)."""
+    rays_o, rays_d, offsets = random_rays(300, seed=3)
+    near, far, dt = 0.5, 5.0, 0.02
+    _, counts, t_starts, _ = march_rays(rays_o, rays_d, AABB, full_bitfield(8), 8, near=near, far=far, dt=dt,
+                                        offsets=offsets, max_samples=10_000, backend=backend)
+    t_min, t_max = ray_aabb_intersect(rays_o.double(), rays_d.double(), AABB.double())
+    t0, t_end = t_min.clamp(min=near), t_max.clamp(max=far)
+    steps = ((t_end - t0) / dt - offsets.double()).clamp(min=0)  # (R,) closed form in float64
+    expected = torch.floor(steps).int()
+    clear = (steps - steps.round()).abs() > 1e-3  # away from a float32 rounding of the last point
+    assert clear.sum() > 250
+    assert torch.equal(counts[clear], expected[clear])
+    assert expected.max() > 100
+
+    capped_starts, capped_counts, capped_t, _ = march_rays(rays_o, rays_d, AABB, full_bitfield(8), 8, near=near,
+                                                           far=far, dt=dt, offsets=offsets, max_samples=17,
+                                                           backend=backend)
+    assert torch.equal(capped_counts, counts.clamp(max=17))
+    # the cap keeps each ray's first samples: the first one starts at t0 + u dt
+    hit = capped_counts > 0
+    first = capped_t[capped_starts[hit].long()].double()
+    assert torch.allclose(first, (t0 + offsets.double() * dt)[hit], atol=1e-5)
+
+
+@pytest.mark.parametrize("cone_angle", [0.0, 1 / 32])
+def test_samples_are_sorted_inside_the_box_and_near_far_with_occupied_midpoints(cone_angle):
+    grid_res = 16
+    bitfield, occupied = random_bitfield(grid_res, 0.25, seed=11)
+    rays_o, rays_d, offsets = random_rays(300, seed=12)
+    near, far = 0.3, 4.0
+    starts, counts, t_starts, t_ends = march_rays(rays_o, rays_d, AABB, bitfield, grid_res, near=near, far=far,
+                                                  dt=0.01, cone_angle=cone_angle, dt_max=0.1, offsets=offsets,
+                                                  backend="emulated")
+    assert torch.equal(starts.long(), torch.cumsum(counts.long(), 0) - counts.long())  # packed ray after ray
+    ray_ids = torch.repeat_interleave(torch.arange(300), counts.long())  # (N,)
+    assert (t_starts >= near).all() and (t_ends <= far).all() and (t_ends > t_starts).all()
+    for values in per_ray(starts, counts, torch.stack([t_starts, t_ends], -1)):
+        assert (values[1:, 0] >= values[:-1, 1]).all()  # sorted, non-overlapping
+    tol = 1e-5
+    for t in (t_starts, t_ends):
+        points = rays_o[ray_ids] + t[:, None] * rays_d[ray_ids]  # (N, 3)
+        assert ((points >= AABB[0] - tol) & (points <= AABB[1] + tol)).all()
+    # Midpoints in occupied cells (an independent float64 lookup, away from cell faces).
+    mids = (rays_o[ray_ids] + 0.5 * (t_starts + t_ends)[:, None] * rays_d[ray_ids]).double()
+    q = (mids - AABB[0].double()) / (AABB[1] - AABB[0]).double() * grid_res
+    cells = q.floor().long().clamp(0, grid_res - 1)
+    away = ((q - q.round()).abs() > 1e-4).all(dim=1)
+    index = cells[:, 0] + cells[:, 1] * grid_res + cells[:, 2] * grid_res ** 2
+    assert away.sum() > 0.9 * len(away) and occupied[index[away]].all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Grid maintenance
+# ----------------------------------------------------------------------------------------------------------
+def sphere_density(points):
+    return 20.0 * (points.norm(dim=-1) < 0.5).float()  # (M,)
+
+
+def test_pack_bitfield_kernel_matches_twin_and_bit_order():
+    grid = OccupancyGrid(AABB, resolution=16)
+    grid.density.copy_(torch.rand(16 ** 3, generator=torch.Generator().manual_seed(0)))
+    grid.density[::7] = float("nan")  # a NaN density is never occupied
+    for threshold in (0.0, 0.3, 0.99):
+        grid.pack(threshold, backend="emulated")
+        assert torch.equal(grid.bitfield, pack_bitfield_torch(grid.density, threshold))
+        cell = 8 * 5 + 3  # bit 3 of byte 5
+        assert ((grid.bitfield[5].item() >> 3) & 1) == int(grid.density[cell].item() > threshold)
+    assert not grid.occupied_mask()[::7].any()
+
+
+def test_occupancy_update_kernel_matches_twin_decayed_max():
+    density = torch.rand(8 ** 3, generator=torch.Generator().manual_seed(1))
+    cells = torch.randperm(8 ** 3, generator=torch.Generator().manual_seed(2))[:100].sort().values
+    new = torch.rand(100, generator=torch.Generator().manual_seed(3)) * 0.8
+    expected = occupancy_update_torch(density, cells, new, 0.95)
+    assert torch.equal(expected[cells], torch.maximum(density[cells] * 0.95, new))
+    untouched = torch.ones(8 ** 3, dtype=torch.bool)
+    untouched[cells] = False
+    assert torch.equal(expected[untouched], density[untouched])
+
+    updated = {}
+    for backend in ("torch", "emulated"):
+        grid = OccupancyGrid(AABB, resolution=8)
+        grid.density.copy_(density)
+        grid.update(lambda p: torch.zeros(len(p)), generator=torch.Generator().manual_seed(4), backend=backend)
+        updated[backend] = (grid.density.clone(), grid.bitfield.clone())
+    assert torch.equal(updated["torch"][0], updated["emulated"][0])
+    assert torch.equal(updated["torch"][1], updated["emulated"][1])
+
+
+@pytest.mark.parametrize("backend", ["torch", "emulated"])
+def test_grid_update_finds_the_sphere(backend):
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=16, threshold=1.0)
+    assert grid.occupancy_fraction() == 1.0  # all occupied at the start
+    generator = torch.Generator().manual_seed(0)
+    grid.update(sphere_density, generator=generator, backend=backend, warmup=True)  # every cell evaluated
+    fraction = grid.occupancy_fraction()
+    sphere_fraction = (4 / 3 * math.pi * 0.5 ** 3) / 8
+    assert 0.5 * sphere_fraction < fraction < 2.5 * sphere_fraction
+    centre_cell = 8 + 8 * 16 + 8 * 16 ** 2
+    corner_cell = 0
+    mask = grid.occupied_mask()
+    assert mask[centre_cell] and not mask[corner_cell]
+    before = grid.density.clone()
+    grid.update(lambda p: torch.zeros(len(p)), n_cells=1024, generator=generator, backend=backend)
+    changed = grid.density != before
+    assert torch.allclose(grid.density[changed], before[changed] * 0.95)  # decayed where re-evaluated
+    grid.mark_all_occupied()
+    assert grid.occupancy_fraction() == 1.0
+
+
+def test_cell_points_lie_in_their_cells():
+    grid = OccupancyGrid(AABB, resolution=8)
+    cells = torch.randint(0, 8 ** 3, (500,), generator=torch.Generator().manual_seed(0))
+    points = grid.cell_points(cells, torch.Generator().manual_seed(1))  # (M, 3)
+    q = (points - AABB[0]) / (AABB[1] - AABB[0]) * 8
+    index = q.floor().long().clamp(0, 7)
+    assert torch.equal(index[:, 0] + index[:, 1] * 8 + index[:, 2] * 64, cells)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CUDA through CuPy
+# ----------------------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_cuda_march_matches_twin():
+    grid_res = 32
+    bitfield, _ = random_bitfield(grid_res, 0.2, seed=21)
+    rays_o, rays_d, offsets = random_rays(2000, seed=22)
+    args = [t.cuda() for t in (rays_o, rays_d, AABB, bitfield)]
+    fixed = dict(near=0.2, far=6.0, dt=0.01, max_samples=256, offsets=offsets.cuda())
+    twin = march_rays(*args, grid_res, backend="torch", **fixed)
+    kernel = march_rays(*args, grid_res, backend="cuda", **fixed)
+    assert_same_samples(twin, kernel)  # fixed steps: same float32 formulas, no fma on either side
+
+    exponential = dict(fixed, cone_angle=1 / 64, dt_max=0.05)
+    twin = march_rays(*args, grid_res, backend="torch", **exponential)
+    kernel = march_rays(*args, grid_res, backend="cuda", **exponential)
+    same = twin[1] == kernel[1]  # CUDA's expf/logf are not correctly rounded: rare boundary points may differ
+    assert same.float().mean() > 0.99
+    if same.all():
+        assert torch.allclose(kernel[2], twin[2], rtol=1e-5, atol=0)
+
+
+@pytest.mark.gpu
+def test_cuda_grid_update_and_packing_match_twin():
+    results = {}
+    for backend in ("torch", "cuda"):
+        grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=32, threshold=1.0).cuda()
+        grid.update(sphere_density, generator=torch.Generator(device="cuda").manual_seed(0), backend=backend,
+                    warmup=True)
+        grid.update(lambda p: 0.5 * sphere_density(p), generator=torch.Generator(device="cuda").manual_seed(1),
+                    backend=backend)
+        results[backend] = (grid.density.clone(), grid.bitfield.clone())
+    assert torch.equal(results["torch"][0], results["cuda"][0])
+    assert torch.equal(results["torch"][1], results["cuda"][1])
