@@ -1,0 +1,16 @@
+"""Pieces shared by the numbered scripts (CleanRL style: each script stays complete, only shared plumbing is here).
+
+    datasets       Blender-layout scenes (and the built-in one): Cameras, Split, Scene, load_scene, backgrounds
+    builtin_scene  the procedural scene every script trains on by default, with its exact SDF
+    rays           get_rays (OpenGL convention, pixel centres), random ray batches, chunked rendering
+    metrics        PSNR, SSIM
+    paths          camera paths for videos (spherical, spiral)
+    video          images, mp4/gif videos, coloured depth
+    checkpoints    atomic save, load, latest
+    training       seeding, CSV log with progress bar, PSNR plot, config.json
+    cli            dataclass -> argparse, device choice, one-line user errors
+    numerics       named numerical guards (safe_exp, trunc_exp, eps constants)
+    errors         UserError
+
+Import the modules you need (`from common.datasets import load_scene`); importing `common` itself loads nothing.
+"""

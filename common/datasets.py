@@ -1,0 +1,312 @@
+"""Scenes in the Blender (nerf_synthetic) layout, and the built-in scene written in the same layout.
+
+Layout of a scene folder (NeRF's Blender scenes, and `common.builtin_scene`):
+    transforms_{train,val,test}.json  {"camera_angle_x": fov, "frames": [{"file_path": "./train/r_0",
+                                       "transform_matrix": 4x4 camera-to-world}, ...]}
+    {train,val,test}/r_<i>.png        RGBA images (straight alpha; the background has alpha 0)
+The focal length in pixels is 0.5 * W / tan(0.5 * camera_angle_x) and the principal point is the image centre.
+Cameras follow OpenGL/Blender: x right, y up, the camera looks along -z (see common/rays.py).
+
+Images keep their alpha channel (C = 4) so each script chooses the background it trains on with
+`composite_on_background` (NeRF's protocol: white; a random colour per ray is a common regulariser).
+"""
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.errors import UserError
+from common.numerics import DIVISION_EPS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BLENDER_SCENES = ("chair", "drums", "ficus", "hotdog", "lego", "materials", "mic", "ship")
+SPLITS = ("train", "val", "test")
+# All Blender scenes (and the built-in scene) fit in [-1.5, 1.5]^3 and are seen from radius ~4, so every ray
+# segment that matters lies between depth 2 and 6 (NeRF's near/far for these scenes).
+BLENDER_NEAR, BLENDER_FAR = 2.0, 6.0
+BLENDER_AABB = ((-1.5, -1.5, -1.5), (1.5, 1.5, 1.5))
+
+
+@dataclass
+class Cameras:
+    """Pinhole cameras of one split. c2w: (N, 4, 4) float32 camera-to-world (OpenGL: x right, y up, looks
+    along -z); K: (N, 3, 3) float32 intrinsics in pixels; every image is height x width."""
+
+    c2w: torch.Tensor
+    K: torch.Tensor
+    height: int
+    width: int
+
+    def __len__(self) -> int:
+        return self.c2w.shape[0]
+
+    def to(self, device) -> "Cameras":
+        return Cameras(self.c2w.to(device), self.K.to(device), self.height, self.width)
+
+
+@dataclass
+class Split:
+    """Images of one split. images: (N, H, W, C) float32 in [0, 1], C = 4 (RGBA) for RGBA sources else 3;
+    files: the image paths relative to the scene root, in the same order."""
+
+    name: str
+    images: torch.Tensor
+    cameras: Cameras
+    files: list = field(default_factory=list)
+
+    def to(self, device) -> "Split":
+        return Split(self.name, self.images.to(device), self.cameras.to(device), self.files)
+
+
+@dataclass
+class Scene:
+    """A loaded scene: splits by name ("train", "val", "test"), the depth range [near, far] of the rays,
+    aabb (2, 3) float32 (min corner, max corner) bounding the object, and whether the benchmark protocol
+    composites on white."""
+
+    name: str
+    root: Path
+    splits: dict
+    near: float
+    far: float
+    aabb: torch.Tensor
+    white_background: bool
+
+
+def composite_on_background(rgba: torch.Tensor, background) -> torch.Tensor:
+    """Alpha-composite straight-alpha colours over a background: rgb * alpha + background * (1 - alpha).
+
+    rgba: (..., 4); background: (..., 3) tensor (broadcastable) or a float grey level. Returns (..., 3).
+    Inputs with 3 channels are returned unchanged (nothing to composite).
+    """
+    if rgba.shape[-1] == 3:
+        return rgba
+    rgb, alpha = rgba[..., :3], rgba[..., 3:]
+    return rgb * alpha + background * (1.0 - alpha)
+
+
+def background_color(kind: str, shape, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Background colours of the given shape, which ends in 3 (e.g. (n_rays, 3)): "white" (ones), "black"
+    (zeros) or "random" (uniform in [0, 1] per entry, drawn from `generator` on its device, moved to `device`)."""
+    shape = tuple(shape)
+    if not shape or shape[-1] != 3:
+        raise ValueError(f"background_color needs a shape ending in 3 (RGB), got {shape}")
+    if kind == "white":
+        return torch.ones(shape, device=device)
+    if kind == "black":
+        return torch.zeros(shape, device=device)
+    if kind == "random":
+        gen_device = generator.device if generator is not None else device
+        return torch.rand(shape, generator=generator, device=gen_device).to(device)
+    raise ValueError(f"background kind must be 'white', 'black' or 'random', got {kind!r}")
+
+
+def _missing_data_message(scene: str, transforms: Path) -> str:
+    return (
+        f"{transforms} not found: download nerf_synthetic.zip from the NeRF authors' data link "
+        f"(see README, 'Getting the data') and unzip it so that data/nerf_synthetic/{scene}/transforms_train.json "
+        f"exists, or pass --datadir"
+    )
+
+
+def load_scene(
+    scene: str = "builtin",
+    datadir: str | None = None,
+    downscale: int = 1,
+    splits=SPLITS,
+    max_images: dict | int | None = None,
+) -> Scene:
+    """Load a scene by name or path.
+
+    scene: "builtin" (the procedural scene, generated into `datadir` or <repo>/data/builtin when missing or
+        out of date), a Blender scene name ("lego", "chair", ...; read from `datadir` or
+        <repo>/data/nerf_synthetic/<scene>), or the path of any folder in the Blender layout.
+    datadir: the scene folder itself (for a Blender scene name, the nerf_synthetic folder holding <scene>/ also
+        works).
+    downscale, splits, max_images: see `load_blender`.
+    """
+    if scene == "builtin":
+        from common import builtin_scene
+
+        root = Path(datadir) if datadir is not None else builtin_scene.DEFAULT_ROOT
+        try:
+            root = builtin_scene.ensure_builtin_scene(root)
+        except OSError as err:
+            raise UserError(
+                f"cannot write the built-in scene into {root} ({err.strerror or err}): pass --datadir with a "
+                f"writable folder"
+            ) from err
+        loaded = load_blender(root, downscale, splits, max_images)
+        loaded.name = "builtin"
+        return loaded
+    if scene in BLENDER_SCENES:
+        root = Path(datadir) if datadir is not None else REPO_ROOT / "data" / "nerf_synthetic" / scene
+        if not (root / "transforms_train.json").exists() and (root / scene / "transforms_train.json").exists():
+            root = root / scene  # --datadir pointed at the nerf_synthetic folder that holds the scene
+        if not (root / f"transforms_{splits[0]}.json").exists():
+            raise UserError(_missing_data_message(scene, root / f"transforms_{splits[0]}.json"))
+        loaded = load_blender(root, downscale, splits, max_images)
+        loaded.name = scene
+        return loaded
+    root = Path(scene)
+    if not root.is_dir() and ("/" in scene or "\\" in scene or scene.startswith(".")):
+        raise UserError(f"scene folder {root} not found: pass --scene with a folder holding transforms_train.json")
+    if not root.is_dir():
+        raise UserError(
+            f"unknown scene {scene!r}: pass --scene builtin, one of the Blender scenes ({', '.join(BLENDER_SCENES)}) "
+            f"or the path of a folder holding transforms_train.json"
+        )
+    return load_blender(root, downscale, splits, max_images)
+
+
+def load_blender(root, downscale: int = 1, splits=SPLITS, max_images: dict | int | None = None) -> Scene:
+    """Read a scene folder in the Blender layout (see the module docstring).
+
+    downscale: integer factor d; each image is reduced by averaging d x d blocks (area averaging, on
+        alpha-premultiplied colour so that downscaling and compositing commute), cropping the last H % d rows
+        and W % d columns; K is divided by d (pixel (i, j) of the small image covers [d i, d (i + 1)) of the
+        large one, so fx, fy, cx, cy all scale by 1 / d).
+    splits: which transforms_<split>.json to read.
+    max_images: keep only the first n frames of a split: {"train": n, ...} per split, or one int for all.
+    Errors (missing folder, file or image, malformed JSON, unreadable image, mixed sizes) raise a one-line
+    UserError naming the file.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"scene folder {root} not found: pass --datadir with a folder holding transforms_train.json")
+    if downscale < 1:
+        raise UserError(f"--downscale must be a positive integer, got {downscale}")
+    loaded = {}
+    for split in splits:
+        limit = max_images.get(split) if isinstance(max_images, dict) else max_images
+        loaded[split] = _load_blender_split(root, split, downscale, limit)
+    return Scene(
+        name=root.name,
+        root=root,
+        splits=loaded,
+        near=BLENDER_NEAR,
+        far=BLENDER_FAR,
+        aabb=torch.tensor(BLENDER_AABB, dtype=torch.float32),
+        white_background=True,
+    )
+
+
+def _read_transforms(path: Path) -> tuple[float, list]:
+    """camera_angle_x and the frames of a transforms_<split>.json, checked; UserError on any defect."""
+    if not path.exists():
+        raise UserError(f"{path} not found: the scene folder lacks this split; re-extract the scene")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(
+            f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): fix or re-download it"
+        ) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path} ({err}): check its permissions or re-download it") from err
+    if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list) or not meta["frames"]:
+        raise UserError(f"{path} is malformed: it needs a non-empty list 'frames'; fix or re-download it")
+    angle = meta.get("camera_angle_x")
+    if not isinstance(angle, (int, float)) or not 0.0 < angle < math.pi:
+        raise UserError(f"{path} is malformed: 'camera_angle_x' must be an angle in radians; fix or re-download it")
+    for i, frame in enumerate(meta["frames"]):
+        if not isinstance(frame, dict) or not isinstance(frame.get("file_path"), str):
+            raise UserError(f"{path} is malformed: frame {i} has no 'file_path' string; fix or re-download it")
+        matrix = np.asarray(frame.get("transform_matrix"), dtype=object)
+        if matrix.shape != (4, 4) or not all(isinstance(x, (int, float)) for x in matrix.flat):
+            raise UserError(
+                f"{path} is malformed: frame {i} needs a 4x4 numeric 'transform_matrix'; fix or re-download it"
+            )
+    return float(angle), meta["frames"]
+
+
+def _image_path(root: Path, file_path: str) -> Path:
+    path = root / file_path
+    return path if path.suffix else path.with_name(path.name + ".png")  # Blender frames omit ".png"
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """Image as float32 (H, W, C) in [0, 1], C = 3 or 4; UserError if the file cannot be decoded."""
+    import imageio.v3 as iio
+
+    # Pillow reads the usual formats; letting imageio guess would try every plugin on a damaged file.
+    plugin = "pillow" if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp") else None
+    try:
+        image = iio.imread(path, plugin=plugin)
+    except Exception as err:  # imageio raises many types (OSError, ValueError, PIL errors) for a bad file
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(
+            f"cannot read image {path} ({reason}): the file is damaged or not an image; re-extract the scene"
+        ) from err
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)  # grey -> RGB
+    elif image.shape[-1] == 2:
+        image = np.concatenate([np.repeat(image[..., :1], 3, axis=-1), image[..., 1:]], axis=-1)  # grey+alpha
+    scale = np.iinfo(image.dtype).max if np.issubdtype(image.dtype, np.integer) else 1.0
+    return image.astype(np.float32) / scale
+
+
+def downscale_area(image: np.ndarray, factor: int) -> np.ndarray:
+    """Reduce (H, W, C) by `factor` with area averaging over factor x factor blocks (remainder cropped).
+
+    For RGBA, colour is averaged premultiplied by alpha and divided back: a block half covered by a red
+    object becomes red with alpha 0.5, not a red/transparent-black mix. Returns (H // f, W // f, C).
+    """
+    if factor == 1:
+        return image
+    H, W, C = image.shape
+    h, w = H // factor, W // factor
+    blocks = image[: h * factor, : w * factor].reshape(h, factor, w, factor, C)
+    if C != 4:
+        return blocks.mean(axis=(1, 3))
+    alpha = blocks[..., 3:].mean(axis=(1, 3))  # (h, w, 1)
+    premultiplied = (blocks[..., :3] * blocks[..., 3:]).mean(axis=(1, 3))  # (h, w, 3)
+    rgb = np.where(alpha > 0, premultiplied / np.maximum(alpha, DIVISION_EPS), blocks[..., :3].mean(axis=(1, 3)))
+    return np.concatenate([rgb, alpha], axis=-1).astype(np.float32)
+
+
+def _load_blender_split(root: Path, split: str, downscale: int, limit: int | None) -> Split:
+    transforms = root / f"transforms_{split}.json"
+    camera_angle_x, frames = _read_transforms(transforms)
+    if limit is not None:
+        frames = frames[:limit]
+    paths = [_image_path(root, frame["file_path"]) for frame in frames]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(
+            f"{transforms} names {len(missing)} frame(s) whose images are missing (first: {missing[0]}): "
+            f"re-extract the scene or remove those frames from the file"
+        )
+    images = []
+    full_size = None
+    for path in paths:
+        image = _read_image(path)
+        if full_size is None:
+            full_size, first = image.shape[:2], path
+            if min(full_size) < downscale:
+                raise UserError(
+                    f"--downscale {downscale} is larger than the {full_size[1]}x{full_size[0]} image {path}"
+                )
+        elif image.shape[:2] != full_size:
+            raise UserError(
+                f"images of mixed sizes in {transforms}: {first} is {full_size[1]}x{full_size[0]} but {path} is "
+                f"{image.shape[1]}x{image.shape[0]}; resize them to one size"
+            )
+        images.append(downscale_area(image, downscale))
+    if len({image.shape[-1] for image in images}) > 1:  # some RGB, some RGBA: give all an alpha channel
+        images = [im if im.shape[-1] == 4 else np.concatenate([im, np.ones_like(im[..., :1])], -1) for im in images]
+    H_full, W_full = full_size
+    # Blender intrinsics of the full image (principal point at the centre), then scaled by 1 / downscale.
+    focal = 0.5 * W_full / math.tan(0.5 * camera_angle_x)
+    K = torch.tensor([[focal, 0.0, 0.5 * W_full], [0.0, focal, 0.5 * H_full], [0.0, 0.0, 1.0]]) / downscale
+    K[2, 2] = 1.0
+    c2w = torch.tensor([frame["transform_matrix"] for frame in frames], dtype=torch.float32)  # (N, 4, 4)
+    H, W = images[0].shape[:2]
+    return Split(
+        name=split,
+        images=torch.from_numpy(np.stack(images)),
+        cameras=Cameras(c2w=c2w, K=K.expand(len(frames), 3, 3).clone(), height=H, width=W),
+        files=[p.relative_to(root).as_posix() for p in paths],
+    )

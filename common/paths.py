@@ -1,0 +1,89 @@
+"""Camera paths for rendering videos: a circle around an object, a spiral for forward-facing captures.
+
+Poses are camera-to-world (4, 4) matrices in the OpenGL/Blender convention (x right, y up, looks along -z),
+the same as `common.datasets.Cameras.c2w`; the world's up axis is +z for Blender scenes.
+"""
+import math
+
+import torch
+
+from common.numerics import safe_normalize
+
+
+def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """Camera-to-world matrix of a camera at `eye` looking at `target`, with `up` roughly up in the image.
+
+    eye, target, up: (..., 3). Returns (..., 4, 4) float32. The camera z axis points *away* from the target
+    (the camera looks along -z); x = up x z is the image's right; y = z x x is the image's up.
+    `up` must not be parallel to the viewing direction.
+    """
+    eye, target, up = torch.broadcast_tensors(eye.float(), target.float(), up.float())
+    z_axis = safe_normalize(eye - target)  # (..., 3) backwards
+    x_axis = safe_normalize(torch.cross(up, z_axis, dim=-1))  # (..., 3) right
+    y_axis = torch.cross(z_axis, x_axis, dim=-1)  # (..., 3) up, unit length already
+    c2w = torch.zeros(eye.shape[:-1] + (4, 4), dtype=torch.float32, device=eye.device)
+    c2w[..., :3, 0], c2w[..., :3, 1], c2w[..., :3, 2], c2w[..., :3, 3] = x_axis, y_axis, z_axis, eye
+    c2w[..., 3, 3] = 1.0
+    return c2w
+
+
+def spherical_path(n_frames: int, radius: float = 4.0, elevation_deg: float = -30.0) -> torch.Tensor:
+    """n_frames cameras on a horizontal circle around the origin, all looking at the origin (z up).
+
+    elevation_deg follows the `phi` of NeRF's `pose_spherical(theta, phi, radius)`, the rotation of the camera
+    about the x axis: a *negative* angle puts the camera above the object looking down, so the default -30 is
+    NeRF's Blender video (cameras 30 degrees above the equator). The azimuth covers [-180, 180) degrees evenly,
+    starting at -y and turning clockwise seen from above, the same camera positions as NeRF's
+    `render_poses` for the same arguments.
+    Returns (n_frames, 4, 4) float32.
+    """
+    azimuths = torch.linspace(-math.pi, math.pi, n_frames + 1, dtype=torch.float64)[:-1]  # drop the repeat of -pi
+    height_angle = math.radians(-elevation_deg)
+    eyes = torch.stack(
+        [
+            radius * math.cos(height_angle) * torch.sin(azimuths),
+            radius * math.cos(height_angle) * torch.cos(azimuths),
+            torch.full_like(azimuths, radius * math.sin(height_angle)),
+        ],
+        dim=-1,
+    )  # (n, 3)
+    return look_at(eyes, torch.zeros(3), torch.tensor([0.0, 0.0, 1.0]))
+
+
+def average_pose(c2w: torch.Tensor) -> torch.Tensor:
+    """Mean camera of a set (LLFF's `poses_avg`): mean centre, mean viewing direction, mean up vector.
+
+    c2w: (N, 4, 4). Returns (4, 4) float32 with an orthonormal rotation.
+    """
+    c2w = c2w.float()
+    center = c2w[:, :3, 3].mean(dim=0)  # (3,)
+    z_axis = safe_normalize(c2w[:, :3, 2].sum(dim=0))  # (3,) mean backward direction
+    up = c2w[:, :3, 1].sum(dim=0)  # (3,) mean image-up direction
+    return look_at(center, center - z_axis, up)
+
+
+def spiral_path(
+    c2w: torch.Tensor,
+    focus_depth: float,
+    n_frames: int = 120,
+    n_rotations: float = 2.0,
+    radius_percentile: float = 90.0,
+    zrate: float = 0.5,
+) -> torch.Tensor:
+    """Spiral of cameras around the average pose of a forward-facing capture (LLFF's `render_path_spiral`).
+
+    c2w: (N, 4, 4) training poses (OpenGL convention); focus_depth: distance in front of the average camera of
+    the point every path camera looks at (NeRF uses a blend of the scene's near and far bounds);
+    the spiral's half-widths along the average camera's x, y, z axes are the `radius_percentile` percentile of
+    the absolute camera offsets from the average pose; z oscillates `zrate` times slower than x and y.
+    Returns (n_frames, 4, 4) float32.
+    """
+    mean_c2w = average_pose(c2w)  # (4, 4)
+    offsets = (c2w[:, :3, 3].float() - mean_c2w[:3, 3]) @ mean_c2w[:3, :3]  # (N, 3) in the average camera frame
+    radii = torch.quantile(offsets.abs(), radius_percentile / 100.0, dim=0)  # (3,)
+    thetas = torch.linspace(0.0, 2.0 * math.pi * n_rotations, n_frames + 1)[:-1]  # (n,)
+    # The average camera looks along its -z, so the focus point is focus_depth along -z.
+    focus = mean_c2w[:3, 3] - focus_depth * mean_c2w[:3, 2]  # (3,)
+    local = torch.stack([torch.cos(thetas), -torch.sin(thetas), -torch.sin(thetas * zrate)], dim=-1) * radii  # (n, 3)
+    eyes = mean_c2w[:3, 3] + local @ mean_c2w[:3, :3].T  # (n, 3)
+    return look_at(eyes, focus.expand_as(eyes), mean_c2w[:3, 1].expand_as(eyes))

@@ -1,0 +1,98 @@
+"""Camera rays: pinhole model in the OpenGL/Blender convention, random training batches, chunked rendering.
+
+Conventions (the same as the Blender scenes of NeRF):
+- Camera frame: x right, y up, the camera looks along -z. `c2w` (4, 4) maps camera to world coordinates.
+- Pixel (i, j) is column i (0..W-1, left to right) and row j (0..H-1, top to bottom); its centre is at
+  (u, v) = (i + 0.5, j + 0.5) in pixel units, with (0, 0) the top-left corner of the image.
+- Intrinsics K = [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]. A pixel's direction in the camera frame is
+  ((u - cx) / fx, -(v - cy) / fy, -1): image rows grow downwards but y points up, hence the minus sign.
+- `rays_d` is *not* normalised: its camera-frame z component is -1, so the ray parameter t in
+  x = rays_o + t * rays_d is the depth along the optical axis (what NeRF's near=2 / far=6 bounds refer to).
+Glossary: R rays, H x W image, C channels.
+"""
+from typing import Callable
+
+import torch
+
+
+def rays_through_pixels(K: torch.Tensor, c2w: torch.Tensor, u: torch.Tensor, v: torch.Tensor):
+    """Rays through arbitrary image points (u, v) (pixel units, origin at the top-left corner of the image;
+    pixel (i, j) has its centre at (i + 0.5, j + 0.5)).
+
+    K: (3, 3) or (R, 3, 3); c2w: (4, 4) or (R, 4, 4); u, v: (R,) float.
+    Returns rays_o (R, 3), rays_d (R, 3) in world coordinates.
+    """
+    fx, fy, cx, cy = K[..., 0, 0], K[..., 1, 1], K[..., 0, 2], K[..., 1, 2]
+    dirs_cam = torch.stack([(u - cx) / fx, -(v - cy) / fy, -torch.ones_like(u)], dim=-1)  # (R, 3)
+    rotation = c2w[..., :3, :3]  # (3, 3) or (R, 3, 3)
+    rays_d = (rotation @ dirs_cam.unsqueeze(-1)).squeeze(-1)  # (R, 3): d_world = R_c2w d_cam
+    rays_o = c2w[..., :3, 3].expand_as(rays_d)  # (R, 3): every ray starts at the camera centre
+    return rays_o, rays_d
+
+
+def get_rays(K: torch.Tensor, c2w: torch.Tensor, H: int, W: int):
+    """One ray through the centre of every pixel of an H x W image.
+
+    K: (3, 3) float32 intrinsics; c2w: (4, 4) float32 camera-to-world.
+    Returns rays_o (H*W, 3), rays_d (H*W, 3) in row-major pixel order, so `x.reshape(H, W, 3)` is an image;
+    rays_d has camera-frame z = -1 (t is depth along the optical axis), see the module docstring.
+    """
+    rows, cols = torch.meshgrid(
+        torch.arange(H, dtype=c2w.dtype, device=c2w.device),
+        torch.arange(W, dtype=c2w.dtype, device=c2w.device),
+        indexing="ij",
+    )  # (H, W) each
+    u = cols.reshape(-1) + 0.5  # (H*W,) pixel centres
+    v = rows.reshape(-1) + 0.5
+    rays_o, rays_d = rays_through_pixels(K.to(c2w.dtype), c2w, u, v)
+    return rays_o.contiguous(), rays_d
+
+
+def sample_ray_batch(split, n_rays: int, generator: torch.Generator, precrop_fraction: float = 1.0):
+    """A random training batch: each ray picks an image and a pixel uniformly and independently.
+
+    split: a `common.datasets.Split` (images (N, H, W, C), cameras on the same device);
+    generator: torch.Generator (any device; indices are drawn on its device, then moved to the images' device);
+    precrop_fraction: in (0, 1]; below 1 only the central crop of that fraction of H and W is sampled (NeRF
+        trains the first iterations on the centre of Blender images so that the object, not the empty
+        background, is learnt first).
+    Returns rays_o (R, 3), rays_d (R, 3), target (R, C) with R = n_rays.
+    """
+    if not 0.0 < precrop_fraction <= 1.0:
+        raise ValueError(f"precrop_fraction must be in (0, 1], got {precrop_fraction}")
+    n_images, H, W, _ = split.images.shape
+    # Centre crop: rows [H/2 - dh, H/2 + dh), at least one pixel.
+    dh = max(1, int(round(H * precrop_fraction / 2)))
+    dw = max(1, int(round(W * precrop_fraction / 2)))
+    row_lo, row_hi = max(0, H // 2 - dh), min(H, H // 2 + dh)
+    col_lo, col_hi = max(0, W // 2 - dw), min(W, W // 2 + dw)
+    draw = dict(generator=generator, device=generator.device)
+    image_idx = torch.randint(0, n_images, (n_rays,), **draw).to(split.images.device)  # (R,)
+    rows = torch.randint(row_lo, row_hi, (n_rays,), **draw).to(split.images.device)  # (R,)
+    cols = torch.randint(col_lo, col_hi, (n_rays,), **draw).to(split.images.device)  # (R,)
+    cameras = split.cameras
+    u = cols.to(cameras.c2w.dtype) + 0.5  # (R,) pixel centres
+    v = rows.to(cameras.c2w.dtype) + 0.5
+    rays_o, rays_d = rays_through_pixels(cameras.K[image_idx], cameras.c2w[image_idx], u, v)
+    target = split.images[image_idx, rows, cols]  # (R, C)
+    return rays_o, rays_d, target
+
+
+def render_image(
+    render_fn: Callable[[torch.Tensor, torch.Tensor], dict],
+    rays_o: torch.Tensor,
+    rays_d: torch.Tensor,
+    chunk: int = 8192,
+) -> dict:
+    """Render many rays in chunks of `chunk` under torch.no_grad() and concatenate the outputs.
+
+    render_fn(rays_o_chunk (r, 3), rays_d_chunk (r, 3)) -> dict of tensors whose first axis is r;
+    rays_o, rays_d: (R, 3). Returns the same dict with first axis R (reshape to (H, W, ...) for an image).
+    """
+    outputs: dict[str, list] = {}
+    with torch.no_grad():
+        for start in range(0, rays_o.shape[0], chunk):
+            chunk_out = render_fn(rays_o[start : start + chunk], rays_d[start : start + chunk])
+            for key, value in chunk_out.items():
+                outputs.setdefault(key, []).append(value)
+    return {key: torch.cat(values, dim=0) for key, values in outputs.items()}
