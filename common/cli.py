@@ -1,0 +1,203 @@
+"""Command line of the scripts: a Config dataclass becomes argparse options; user errors become one line.
+
+    @dataclass
+    class Config:
+        iters: int = field(default=30_000, metadata={"help": "training steps"})
+        quick: bool = field(default=False, metadata={"help": "small preset for a fast check"})
+    cfg = parse_config(Config, presets={"quick": {"iters": 500}})
+
+Every field becomes `--name` (an alias `--na-me` is accepted for names with underscores); bools become
+`--name/--no-name`; `Optional[int]` takes a number or `none`; `Literal[...]` gives choices; `list[int]` and
+`tuple[int, ...]` take several values. A preset (`--quick`, or `--preset cpu` when the Config has a `preset`
+field) replaces defaults before the explicit options are applied, so `--quick --iters 2000` runs the quick
+preset with 2000 steps.
+"""
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+
+import torch
+
+from common.errors import UserError
+
+_NONE_WORDS = ("none", "None", "null")
+
+
+def _parse_int(text: str) -> int:
+    """int that also accepts 1e5 or 30_000 (an integral float)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}")
+    return int(value)
+
+
+def _converter(tp):
+    """str -> value for a scalar type."""
+    if tp is int:
+        return _parse_int
+    if tp in (float, str, Path):
+        return tp
+    raise TypeError(f"parse_config does not know how to read a {tp!r} from the command line")
+
+
+def _optional(convert):
+    def parse(text: str):
+        return None if text in _NONE_WORDS else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names the type in its error messages
+    return parse
+
+
+def _argument_options(tp) -> dict:
+    """argparse keyword arguments (type, action, nargs, choices) for a field annotation."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:  # Optional[X] / X | None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) != 1:
+            raise TypeError(f"parse_config supports Optional of one type, got {tp!r}")
+        options = _argument_options(inner[0])
+        if options.get("action") is argparse.BooleanOptionalAction:
+            return options
+        options["type"] = _optional(options["type"])
+        options.pop("choices", None)
+        return options
+    if tp is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is typing.Literal:
+        return {"type": _converter(type(args[0])), "choices": list(args)}
+    if origin in (list, tuple):
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            raise TypeError(f"parse_config supports tuple[X, ...] but not {tp!r}")
+        return {"type": _converter(args[0]), "nargs": "+"}
+    return {"type": _converter(tp)}
+
+
+def _field_default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _auto_preset(values: dict, presets: dict) -> str | None:
+    """`--preset auto`: the "cpu" preset when training will run on a CPU, "paper" on a GPU (if they exist)."""
+    device = str(values.get("device") or "auto")
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    name = "paper" if on_gpu else "cpu"
+    return name if name in presets else None
+
+
+def parse_config(config_cls, argv=None, presets: dict | None = None, description: str | None = None):
+    """Build an argparse parser from a dataclass, parse argv (default sys.argv[1:]) and return an instance.
+
+    config_cls: a dataclass; each field's help is `field(metadata={"help": ...})`.
+    presets: named sets of field values, e.g. {"quick": {"iters": 500}, "cpu": {...}, "paper": {}}. A preset is
+        applied when a bool field of the same name ends up True (`--quick`), or when a str field `preset` names
+        it (`--preset cpu`; its default "auto" means "cpu" when training runs on a CPU and "paper" on a GPU,
+        judged from the `device` field, and gives way to a bool preset such as --quick). Presets replace the
+        defaults; values given explicitly on the command line win over presets, whatever their order. The
+        `preset` field of the result holds the preset actually used.
+    description: the --help text (default: the dataclass docstring).
+    """
+    presets = presets or {}
+    hints = typing.get_type_hints(config_cls)
+    fields = [f for f in dataclasses.fields(config_cls) if f.init]
+    names = {f.name for f in fields}
+    bool_presets = [name for name in presets if name in names and hints[name] is bool]
+    has_preset_field = "preset" in names and bool(presets)
+    for preset_name, preset in presets.items():
+        if preset_name not in bool_presets and not has_preset_field:
+            raise ValueError(
+                f"preset {preset_name!r} needs a bool field of that name or a str field 'preset' in "
+                f"{config_cls.__name__}"
+            )
+        unknown = set(preset) - names
+        if unknown:
+            raise ValueError(f"preset {preset_name!r} sets unknown fields {sorted(unknown)}")
+
+    parser = argparse.ArgumentParser(description=description or config_cls.__doc__)
+    defaults = {}
+    for f in fields:
+        defaults[f.name] = _field_default(f)
+        options = _argument_options(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        if f.name in bool_presets:
+            help_text += " (preset: " + ", ".join(f"{k}={v}" for k, v in presets[f.name].items()) + ")"
+        if f.name == "preset" and has_preset_field:
+            options["choices"] = ["auto", *presets]
+        if defaults[f.name] is not dataclasses.MISSING:
+            help_text += f" (default: {defaults[f.name]})"
+        flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        parser.add_argument(
+            *flags,
+            dest=f.name,
+            default=argparse.SUPPRESS,  # absent from the namespace unless given: tells explicit from default
+            required=defaults[f.name] is dataclasses.MISSING,
+            help=help_text.replace("%", "%%"),
+            **options,
+        )
+    explicit = vars(parser.parse_args(argv))
+    values = {name: value for name, value in defaults.items() if value is not dataclasses.MISSING}
+    requested = {**values, **explicit}  # what the user asked for, to decide which presets apply
+    active = [name for name in bool_presets if requested[name]]
+    if has_preset_field:
+        chosen = requested["preset"]
+        if chosen == "auto":
+            chosen = None if active else _auto_preset(requested, presets)
+        if chosen is not None:
+            active.insert(0, chosen)
+    for name in active:
+        values.update(presets[name])
+    values.update(explicit)
+    if has_preset_field:  # record what was applied, e.g. "cpu" for auto on a CPU, or "paper+quick"
+        values["preset"] = "+".join(dict.fromkeys(active)) or requested["preset"]
+    for f in fields:  # nargs="+" gives lists; honour tuple annotations
+        if typing.get_origin(hints[f.name]) is tuple and isinstance(values.get(f.name), list):
+            values[f.name] = tuple(values[f.name])
+    return config_cls(**values)
+
+
+def default_outdir(script: str, scene: str) -> Path:
+    """runs/<script name without .py>/<scene name>, relative to the working directory (for outdir=None)."""
+    return Path("runs") / Path(script).stem / Path(str(scene)).name
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """"auto" -> cuda when PyTorch sees a GPU, else cpu; "cpu", "cuda", "cuda:1" are checked; UserError if the
+    device does not exist here."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown --device {name!r}: use auto, cpu or cuda (cuda:N for GPU N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name} asked for, but PyTorch sees no CUDA GPU here: pass --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) here; pass --device cuda:0")
+    elif device.type != "cpu":
+        raise UserError(f"unsupported --device {name!r}: use auto, cpu or cuda")
+    return device
+
+
+def run_main(fn, *args, **kwargs):
+    """Call fn(*args, **kwargs); a UserError (including kernels.backend.BackendError) is printed as one line
+    `error: <message>` on stderr and exits with status 2. Other exceptions propagate with their traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except UserError as err:
+        message = " ".join(str(err).split())  # one line, whatever the message holds
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

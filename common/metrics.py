@@ -1,0 +1,74 @@
+"""Image quality metrics of the NeRF papers: PSNR and SSIM (LPIPS needs a network and is left out).
+
+Images are float in [0, 1] (data range 1), (H, W, 3) tensors or numpy arrays; results are Python floats.
+"""
+import math
+
+import numpy as np
+import torch
+
+# SSIM constants of Wang et al. 2004 (Eq. 7-8 of "Image quality assessment: from error visibility to structural
+# similarity"): C1 = (K1 L)^2, C2 = (K2 L)^2 with K1 = 0.01, K2 = 0.03 and data range L = 1; an 11x11 Gaussian
+# window of standard deviation 1.5, as in the evaluation code of NeRF / mip-NeRF.
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
+
+
+def _as_tensor(image) -> torch.Tensor:
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(image)
+    return image.detach().to("cpu", torch.float64)
+
+
+def mse_to_psnr(mse):
+    """PSNR in dB of a mean squared error for images in [0, 1]: -10 log10(mse). Float or tensor in, same out
+    (use it on the training loss; inf for mse = 0)."""
+    if isinstance(mse, torch.Tensor):
+        return -10.0 * torch.log10(mse)
+    return math.inf if mse == 0 else -10.0 * math.log10(mse)
+
+
+def psnr(pred, gt) -> float:
+    """Peak signal-to-noise ratio in dB, -10 log10(mean((pred - gt)^2)), for images in [0, 1] of any equal
+    shape (e.g. (H, W, 3)); inf for identical images."""
+    pred, gt = _as_tensor(pred), _as_tensor(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"psnr needs images of one shape, got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    return mse_to_psnr(float(((pred - gt) ** 2).mean()))
+
+
+def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return weights / weights.sum()  # (size,), sums to 1
+
+
+def ssim(pred, gt, data_range: float = 1.0) -> float:
+    """Structural similarity (Wang et al. 2004, Eq. 13), mean over pixels and channels.
+
+    pred, gt: (H, W, C) in [0, data_range], H and W at least 11. Local means, variances and covariance use an
+    11x11 Gaussian window (sigma 1.5), separable, over the "valid" region only (no padding), with population
+    (1/N) statistics: the same numbers as NeRF's evaluation and as skimage's structural_similarity with
+    gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1, channel_axis=-1.
+    """
+    x, y = _as_tensor(pred), _as_tensor(gt)
+    if x.shape != y.shape or x.ndim != 3:
+        raise ValueError(f"ssim needs two (H, W, C) images of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    if min(x.shape[:2]) < SSIM_WINDOW:
+        raise ValueError(f"ssim needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {tuple(x.shape)}")
+    window = _gaussian_window()
+
+    def local_mean(image):  # (C, 1, H, W) -> (C, 1, H - 10, W - 10): Gaussian-weighted mean, valid region
+        image = torch.nn.functional.conv2d(image, window.view(1, 1, -1, 1))
+        return torch.nn.functional.conv2d(image, window.view(1, 1, 1, -1))
+
+    x = x.permute(2, 0, 1).unsqueeze(1)  # (C, 1, H, W): channels as a batch, filtered independently
+    y = y.permute(2, 0, 1).unsqueeze(1)
+    mu_x, mu_y = local_mean(x), local_mean(y)
+    # sigma^2 = E[x^2] - E[x]^2 can come out slightly negative from rounding: clamp at 0.
+    var_x = (local_mean(x * x) - mu_x**2).clamp(min=0.0)
+    var_y = (local_mean(y * y) - mu_y**2).clamp(min=0.0)
+    cov_xy = local_mean(x * y) - mu_x * mu_y
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return float(ssim_map.mean())

@@ -1,0 +1,196 @@
+"""Training plumbing shared by the scripts: seeding, the CSV log with its progress bar, plots, JSON files.
+
+Every run folder gets `config.json` (the Config dataclass), `log.csv` (step, loss, psnr, lr, elapsed_s) and
+`psnr.png` (the PSNR curve), as CleanRL writes its config and metrics next to its outputs.
+"""
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+LOG_COLUMNS = ("step", "loss", "psnr", "lr", "elapsed_s")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's global generators (CPU and all GPUs) for a repeatable run."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _json_default(obj):
+    """Make Paths, dataclasses, tensors and numpy values JSON-serialisable."""
+    if isinstance(obj, Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, (torch.Tensor, np.ndarray, np.generic)):
+        return obj.tolist()
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def write_json(path, obj) -> Path:
+    """Write obj as indented JSON (Paths, dataclasses, tensors and numpy values allowed); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    return path
+
+
+def save_config(outdir, cfg) -> Path:
+    """Write the Config dataclass `cfg` to <outdir>/config.json; returns the path."""
+    return write_json(Path(outdir) / "config.json", dataclasses.asdict(cfg))
+
+
+class TrainLog:
+    """CSV log of the training curve plus a tqdm progress bar showing the latest loss and PSNR.
+
+    log = TrainLog(outdir, total_steps=cfg.iters, start_step=0, desc="01_nerf builtin")
+    log.step(step, loss=..., psnr=..., lr=..., write=step % 100 == 0)  # every step: moves the bar; a CSV row
+                                                                       # (step, loss, psnr, lr, elapsed_s and any
+                                                                       # extra keyword values) when write is True
+    log.note(step, val_psnr=27.1)   # prints "step 500: val_psnr=27.1" above the bar, adds the values to the CSV
+    log.close()                     # closes the bar and plots psnr.png next to log.csv (or use `with TrainLog(...)`)
+    Resuming (start_step = the checkpoint's step) keeps the rows up to start_step, drops those an interrupted
+    run wrote after its last checkpoint, and continues elapsed_s. The CSV is flushed at every row.
+    """
+
+    def __init__(self, outdir, total_steps: int, start_step: int = 0, desc: str | None = None, progress: bool = True):
+        from tqdm.auto import tqdm
+
+        self.outdir = Path(outdir)
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        self.csv_path = self.outdir / "log.csv"
+        self.rows: list[dict] = []
+        self.columns = list(LOG_COLUMNS)
+        if start_step > 0 and self.csv_path.exists():
+            with open(self.csv_path, newline="") as file:
+                reader = csv.DictReader(file)
+                self.columns += [c for c in reader.fieldnames or [] if c not in self.columns]
+                self.rows = [row for row in reader if int(float(row["step"])) <= start_step]
+        self._elapsed_offset = max((float(r["elapsed_s"]) for r in self.rows if r.get("elapsed_s")), default=0.0)
+        self._rewrite()
+        self._start = time.perf_counter()
+        self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, disable=not progress, dynamic_ncols=True)
+
+    def elapsed(self) -> float:
+        """Seconds of training so far (including the time of the run this one resumed)."""
+        return self._elapsed_offset + time.perf_counter() - self._start
+
+    def step(self, step: int, loss: float, psnr: float | None = None, lr: float | None = None, write: bool = True,
+             **extra) -> None:
+        """Advance the bar to `step` with the latest loss and PSNR; if `write`, add a CSV row.
+
+        psnr defaults to -10 log10(loss) (right for an MSE loss on [0, 1] images); extra keyword values (e.g.
+        samples_per_ray=...) become extra columns.
+        """
+        loss = float(loss)
+        if psnr is None:
+            psnr = -10.0 * math.log10(loss) if loss > 0 else math.inf
+        self._bar.set_postfix(loss=f"{loss:.4g}", psnr=f"{float(psnr):.2f}", refresh=False)
+        self._bar.update(step - self._bar.n)
+        if write:
+            row = dict(step=step, loss=loss, psnr=float(psnr), lr=lr, elapsed_s=round(self.elapsed(), 3), **extra)
+            self._add(row)
+
+    def note(self, step: int, **values) -> None:
+        """Record occasional values (e.g. val_psnr=...) at `step`: printed above the bar and added to the CSV
+        (to the row of the same step if there is one, else as a row of their own)."""
+        self.write(f"step {step}: " + ", ".join(f"{k}={_short(v)}" for k, v in values.items()))
+        if self.rows and int(float(self.rows[-1]["step"])) == step:
+            self.rows[-1].update(values)
+            self._columns_for(values)
+            self._rewrite()
+        else:
+            self._add(dict(step=step, elapsed_s=round(self.elapsed(), 3), **values))
+
+    def write(self, message: str) -> None:
+        """Print a line without breaking the progress bar."""
+        self._bar.write(message)
+
+    def plot(self, png=None) -> Path:
+        """Plot the PSNR curve of this log to `png` (default <outdir>/psnr.png)."""
+        return plot_psnr_curve(self.csv_path, png if png is not None else self.outdir / "psnr.png")
+
+    def close(self, plot: bool = True) -> None:
+        """Close the bar and, if any row was written, plot <outdir>/psnr.png."""
+        self._bar.close()
+        if plot and any(row.get("psnr") not in (None, "") for row in self.rows):
+            self.plot()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _columns_for(self, row: dict) -> bool:
+        new = [key for key in row if key not in self.columns]
+        self.columns += new
+        return bool(new)
+
+    def _add(self, row: dict) -> None:
+        self.rows.append(row)
+        if self._columns_for(row):
+            self._rewrite()  # a new column: the header changes, write the whole file again
+            return
+        with open(self.csv_path, "a", newline="") as file:
+            csv.DictWriter(file, fieldnames=self.columns, restval="").writerow(_formatted(row))
+
+    def _rewrite(self) -> None:
+        tmp = self.csv_path.with_name(".log.csv.tmp")
+        with open(tmp, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=self.columns, restval="")
+            writer.writeheader()
+            writer.writerows(_formatted(row) for row in self.rows)
+        os.replace(tmp, self.csv_path)  # a crash while rewriting keeps the previous file
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _formatted(row: dict) -> dict:
+    """CSV cells: floats with 6 significant digits, None as an empty cell."""
+    return {k: "" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def plot_psnr_curve(csv_path, png_path, title: str | None = None) -> Path:
+    """Plot PSNR against step from a log.csv (training "psnr", and "val_psnr" points when the log has them)
+    into a PNG with matplotlib's Agg renderer (no window); returns png_path.
+
+    Uses matplotlib's object-oriented Figure, which needs no pyplot and changes no global backend.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with open(csv_path, newline="") as file:
+        rows = list(csv.DictReader(file))
+
+    def series(column):
+        points = [(int(float(r["step"])), float(r[column])) for r in rows if r.get(column) not in (None, "", "inf")]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    figure = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.plot(*series("psnr"), linewidth=1.0, label="train")
+    if rows and "val_psnr" in rows[0]:
+        axes.plot(*series("val_psnr"), "o", markersize=4, label="val")
+        axes.legend()
+    axes.set_xlabel("step")
+    axes.set_ylabel("PSNR (dB)")
+    axes.set_title(title or Path(csv_path).parent.name)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(png_path)
+    return png_path

@@ -1,0 +1,103 @@
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from common.training import TrainLog, plot_psnr_curve, save_config, seed_everything, write_json
+
+
+def test_seed_everything_makes_python_numpy_and_torch_repeatable():
+    draws = []
+    for _ in range(2):
+        seed_everything(123)
+        draws.append((random.random(), float(np.random.rand()), float(torch.rand(1))))
+    assert draws[0] == draws[1]
+
+
+def _rows(path):
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_train_log_writes_csv_rows_and_shows_loss_and_psnr(tmp_path, capsys):
+    with TrainLog(tmp_path, total_steps=30, desc="demo") as log:
+        for step in range(1, 31):
+            log.step(step, loss=0.01 / step, lr=1e-3, write=step % 10 == 0)
+        log.write("eval: done")
+    rows = _rows(tmp_path / "log.csv")
+    assert list(rows[0]) == ["step", "loss", "psnr", "lr", "elapsed_s"]
+    assert [int(r["step"]) for r in rows] == [10, 20, 30]
+    assert float(rows[0]["psnr"]) == pytest.approx(30.0)  # psnr defaults to -10 log10(loss)
+    assert float(rows[2]["lr"]) == 1e-3
+    elapsed = [float(r["elapsed_s"]) for r in rows]
+    assert elapsed == sorted(elapsed) and elapsed[0] >= 0
+    captured = capsys.readouterr()
+    assert "demo" in captured.err and "psnr=" in captured.err and "loss=" in captured.err  # the bar
+    assert "30/30" in captured.err
+    assert "eval: done" in captured.out + captured.err
+    assert (tmp_path / "psnr.png").exists()  # close() plots the curve
+
+
+def test_train_log_extra_values_and_notes_become_columns(tmp_path, capsys):
+    with TrainLog(tmp_path, total_steps=30, progress=False) as log:
+        log.step(10, loss=0.1, psnr=10.0, samples_per_ray=12.5)
+        log.step(20, loss=0.05, psnr=13.0, samples_per_ray=10.0)
+        log.note(20, val_psnr=12.5)  # same step as the last row: merged into it
+        log.note(25, val_psnr=13.5)  # a row of its own
+        log.step(30, loss=0.01, psnr=20.0, samples_per_ray=8.0)
+    rows = _rows(tmp_path / "log.csv")
+    assert list(rows[0]) == ["step", "loss", "psnr", "lr", "elapsed_s", "samples_per_ray", "val_psnr"]
+    assert [(r["step"], r["val_psnr"]) for r in rows] == [("10", ""), ("20", "12.5"), ("25", "13.5"), ("30", "")]
+    assert rows[2]["loss"] == "" and rows[3]["samples_per_ray"] == "8"
+    assert "step 25: val_psnr=13.5" in capsys.readouterr().out
+
+
+def test_train_log_resume_drops_rows_after_the_checkpoint_and_continues_the_clock(tmp_path):
+    with TrainLog(tmp_path, total_steps=40, progress=False) as log:
+        for step in (10, 20, 30):
+            log.step(step, loss=0.1, psnr=10.0)
+    last_kept = float(_rows(tmp_path / "log.csv")[1]["elapsed_s"])
+    with TrainLog(tmp_path, total_steps=40, start_step=20, progress=False) as log:
+        log.step(40, loss=0.05, psnr=13.0)
+    rows = _rows(tmp_path / "log.csv")
+    assert [int(r["step"]) for r in rows] == [10, 20, 40]
+    assert float(rows[2]["elapsed_s"]) >= last_kept
+    with TrainLog(tmp_path, total_steps=40, progress=False):  # a fresh run (start_step 0) starts a new log
+        pass
+    assert _rows(tmp_path / "log.csv") == []
+
+
+def test_plot_psnr_curve_writes_a_png(tmp_path):
+    with TrainLog(tmp_path, total_steps=100, progress=False) as log:
+        for step in range(10, 101, 10):
+            log.step(step, loss=1.0 / step)
+        log.note(100, val_psnr=19.0)
+    png = tmp_path / "psnr.png"
+    image = iio.imread(png)
+    assert image.shape[:2] == (400, 600) and image.std() > 0
+    other = plot_psnr_curve(tmp_path / "log.csv", tmp_path / "plots" / "curve.png", title="run")
+    assert other.exists()
+
+
+@dataclass
+class _Config:
+    scene: str = field(default="builtin", metadata={"help": "scene"})
+    outdir: Path | None = None
+    iters: int = 10
+
+
+def test_write_json_and_save_config(tmp_path):
+    path = write_json(tmp_path / "sub" / "metrics.json", {"psnr": np.float32(30.5), "t": torch.tensor([1, 2]),
+                                                          "dir": Path("runs/x"), "cfg": _Config()})
+    data = json.loads(path.read_text())
+    expected_cfg = {"scene": "builtin", "outdir": None, "iters": 10}
+    assert data == {"psnr": 30.5, "t": [1, 2], "dir": "runs/x", "cfg": expected_cfg}
+    config = save_config(tmp_path, _Config(outdir=Path("runs/a"), iters=3))
+    assert config == tmp_path / "config.json"
+    assert json.loads(config.read_text()) == {"scene": "builtin", "outdir": "runs/a", "iters": 3}
