@@ -3,12 +3,15 @@
 Every run folder gets `config.json` (the Config dataclass), `log.csv` (step, loss, psnr, lr, elapsed_s) and
 `psnr.png` (the PSNR curve), as CleanRL writes its config and metrics next to its outputs.
 """
+import contextlib
 import csv
 import dataclasses
 import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -84,6 +87,16 @@ class TrainLog:
         """Seconds of training so far (including the time of the run this one resumed)."""
         return self._elapsed_offset + time.perf_counter() - self._start
 
+    @contextlib.contextmanager
+    def paused(self):
+        """Time spent inside this block (held-out evaluation, say) does not count as training time, so that
+        elapsed_s measures training alone and 'PSNR after 10 minutes' means 10 minutes of training."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._elapsed_offset -= time.perf_counter() - start
+
     def step(self, step: int, loss: float, psnr: float | None = None, lr: float | None = None, write: bool = True,
              **extra) -> None:
         """Advance the bar to `step` with the latest loss and PSNR; if `write`, add a CSV row.
@@ -151,6 +164,41 @@ class TrainLog:
             writer.writeheader()
             writer.writerows(_formatted(row) for row in self.rows)
         os.replace(tmp, self.csv_path)  # a crash while rewriting keeps the previous file
+
+
+class GracefulInterrupt:
+    """Ctrl-C during training asks the loop to stop after the current step, so that the checkpoint written
+    then holds a consistent state (a step is never half-applied) and nothing completed is lost.
+
+        with GracefulInterrupt() as interrupt:
+            for step in ...:
+                ...one full step...
+                if interrupt.requested: save a checkpoint, then stop
+
+    A second Ctrl-C raises KeyboardInterrupt at once. Outside the main thread (where Python cannot install
+    signal handlers) it does nothing and Ctrl-C behaves as usual.
+    """
+
+    def __init__(self, message: str = "Ctrl-C: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)"):
+        self.message = message
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\n" + self.message, flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 def _short(value) -> str:
