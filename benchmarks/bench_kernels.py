@@ -200,7 +200,7 @@ def sphere_density(points: torch.Tensor) -> torch.Tensor:
 
 
 def ray_marching_cases(size: dict, device: torch.device, seed: int) -> list[Case]:
-    """Occupancy-grid marching (Instant-NGP Sec. 5.2): a sphere of occupied cells, and a fully occupied grid."""
+    """Occupancy-grid marching (Instant-NGP Sec. 5.4): a sphere of occupied cells, and a fully occupied grid."""
     from kernels.ray_marching import march_rays, pack_bitfield_torch
 
     n_rays, grid_res = size["n_rays"], size["grid_res"]

@@ -1,11 +1,11 @@
 // hash_encoding.cu: the multiresolution hash encoding of Instant-NGP (Müller et al. 2022, Sec. 3, Eq. 2-4,
-// Appendix A), forward and first-order backward. The PyTorch twin is hash_encode_torch in hash_encoding.py.
+// with tiny-cuda-nn's level offsets), forward and first-order backward. The PyTorch twin is hash_encode_torch in hash_encoding.py.
 //
 // Glossary: N points, L levels, F features per level, T rows in each level's table (a power of two).
 // Layouts (row-major, contiguous):
 //   positions       (N, 3)     float32 in [0, 1]^3
 //   table           (L, T, F)  float32  row `index` of level l starts at element (l*T + index)*F
-//   scales          (L,)       float32  scale_l = N_min * b^l - 1   (Eq. 2-3 with the `- 1` of Appendix A)
+//   scales          (L,)       float32  scale_l = N_min * b^l - 1   (Eq. 2-3 with tiny-cuda-nn's `- 1`)
 //   resolutions     (L,)       int32    res_l = ceil(scale_l) + 1   (vertices per axis of level l)
 //   encoded         (N, L*F)   float32  [point][level][feature]
 //   position_grads  (L, N, 3)  float32  one partial dL/dx per (level, point); Python sums over L
@@ -36,8 +36,8 @@ __device__ inline unsigned int spatial_hash(unsigned int x, unsigned int y, unsi
 
 // Row of the table that stores vertex (x, y, z) of a level with `res` vertices per axis.
 // Coarse levels whose res^3 vertices fit in the table are indexed densely (one row per vertex, no
-// collisions); finer levels hash (Sec. 3: "the mapping is 1:1 at coarse levels"). The +0.5 offset of
-// Appendix A lets a corner reach coordinate res on the far faces (x = 1) of some levels; its dense index then
+// collisions); finer levels hash (Sec. 3: "the mapping is 1:1 at coarse levels"). The +0.5 offset
+// (tiny-cuda-nn's) lets a corner reach coordinate res on the far faces (x = 1) of some levels; its dense index then
 // wraps onto another vertex, as in tiny-cuda-nn ("did not hurt quality"); the final mask keeps it in range.
 __device__ inline unsigned int grid_index(unsigned int x, unsigned int y, unsigned int z, unsigned int res,
                                           unsigned int table_size) {
@@ -47,7 +47,7 @@ __device__ inline unsigned int grid_index(unsigned int x, unsigned int y, unsign
     return index & (table_size - 1u);
 }
 
-// Appendix A: the position on level l is x * scale_l + 0.5; the +0.5 staggers the levels so that their
+// As in tiny-cuda-nn, the position on level l is x * scale_l + 0.5; the +0.5 staggers the levels so that their
 // vertices do not line up at x = 0. Splits it into the lower vertex (floor) and the fraction inside the cell.
 __device__ inline void pos_fract(float x, float scale, unsigned int* pos_grid, float* frac) {
     const float pos = mul_rn(x, scale) + 0.5f;

@@ -1,15 +1,15 @@
-"""Multiresolution hash encoding of Instant-NGP (Müller et al. 2022, Sec. 3, Eq. 2-4, Appendix A).
+"""Multiresolution hash encoding of Instant-NGP (Müller et al. 2022, Sec. 3, Eq. 2-4).
 
 Glossary: N points, L levels, F features per level, T rows per level's table (T = 2^log2_table_size).
 
 A point x in [0, 1]^3 is looked up on L grids of growing resolution. Level l has scale and resolution
-(Eq. 2-3, with the ``- 1`` of Appendix A)::
+(Eq. 2-3, with the ``- 1`` that tiny-cuda-nn, the authors' implementation, adds)::
 
     b       = exp((ln N_max - ln N_min) / (L - 1))          # per-level growth factor
     scale_l = N_min * b^l - 1
     res_l   = ceil(scale_l) + 1                             # vertices per axis
 
-On level l the point sits at ``pos = x * scale_l + 0.5`` (Appendix A: the half-vertex offset staggers the
+On level l the point sits at ``pos = x * scale_l + 0.5`` (tiny-cuda-nn's half-vertex offset, which staggers the
 levels so that their vertices do not all line up at the origin). The 8 vertices of its cell are looked up in
 the level's table theta_l (T, F): densely (``x + y*res + z*res^2``) while res_l^3 <= T, otherwise through
 the spatial hash of Eq. 4, ``(x*1) XOR (y*2654435761) XOR (z*805459861) mod T`` in uint32 arithmetic. The
@@ -39,10 +39,10 @@ HASH_PRIMES = (1, 2654435761, 805459861)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Level geometry (Eq. 2-3, Appendix A)
+# Level geometry (Eq. 2-3, and tiny-cuda-nn)
 # ----------------------------------------------------------------------------------------------------------
 def level_scales(n_levels: int, base_resolution: float, max_resolution: float) -> torch.Tensor:
-    """scale_l = N_min * b^l - 1 with b = exp((ln N_max - ln N_min) / (L - 1)) (Eq. 2-3, Appendix A).
+    """scale_l = N_min * b^l - 1 with b = exp((ln N_max - ln N_min) / (L - 1)) (Eq. 2-3, and tiny-cuda-nn).
 
     Returns scales: (L,) float32, computed in float64 and rounded once, so every backend sees the same numbers.
     """
@@ -56,7 +56,7 @@ def level_scales(n_levels: int, base_resolution: float, max_resolution: float) -
 
 
 def level_resolutions(scales: torch.Tensor) -> torch.Tensor:
-    """res_l = ceil(scale_l) + 1 vertices per axis (Appendix A), from the float32 scales. Returns (L,) int32."""
+    """res_l = ceil(scale_l) + 1 vertices per axis (as in tiny-cuda-nn), from the float32 scales. Returns (L,) int32."""
     return (torch.ceil(scales.to(torch.float32)) + 1).to(torch.int32)  # (L,)
 
 
@@ -109,7 +109,7 @@ def cube_corners(device: torch.device | str) -> torch.Tensor:
 
 def hash_encode_torch(x: torch.Tensor, table: torch.Tensor, scales: torch.Tensor,
                       resolutions: torch.Tensor) -> torch.Tensor:
-    """Reference hash encoding (Sec. 3, Eq. 2-4, Appendix A) in plain PyTorch; differentiable any number of times.
+    """Reference hash encoding (Sec. 3, Eq. 2-4) in plain PyTorch; differentiable any number of times.
 
     Arguments and output as in :func:`hash_encode`; works in any floating dtype (float64 for gradcheck). The
     gradient w.r.t. x is that of the trilinear interpolation inside each cell (the cell index, a floor, is
@@ -120,7 +120,7 @@ def hash_encode_torch(x: torch.Tensor, table: torch.Tensor, scales: torch.Tensor
     resolutions = resolutions.to(device=x.device, dtype=torch.int64)  # (L,)
     encoded_levels = []
     for level in range(n_levels):
-        pos = x * scales[level] + 0.5  # (N, 3) Appendix A: the +0.5 offset staggers the levels
+        pos = x * scales[level] + 0.5  # (N, 3) tiny-cuda-nn's +0.5 offset staggers the levels
         pos_grid = torch.floor(pos)  # (N, 3) lower vertex of the cell
         frac = pos - pos_grid  # (N, 3) position inside the cell, in [0, 1)
         corners = pos_grid.to(torch.int64)[:, None, :] + corner_offsets  # (N, 8, 3)
@@ -177,7 +177,7 @@ class _HashEncodeFunction(torch.autograd.Function):
 
 def hash_encode(x: torch.Tensor, table: torch.Tensor, scales: torch.Tensor, resolutions: torch.Tensor,
                 backend: str = "torch") -> torch.Tensor:
-    """Multiresolution hash encoding (Instant-NGP Sec. 3, Eq. 2-4, Appendix A).
+    """Multiresolution hash encoding (Instant-NGP Sec. 3, Eq. 2-4).
 
     Args:
         x: (N, 3) positions in [0, 1]^3 (normalise the scene box first); float32, or any float dtype for "torch".

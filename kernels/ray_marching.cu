@@ -1,4 +1,4 @@
-// ray_marching.cu: occupancy-grid ray marching of Instant-NGP (Müller et al. 2022, Sec. 5.2 and Appendix E),
+// ray_marching.cu: occupancy-grid ray marching of Instant-NGP (Müller et al. 2022, Sec. 5.4 and Appendix E),
 // and the two kernels that maintain the grid. The PyTorch twins are in ray_marching.py.
 //
 // Glossary: R rays, N packed samples, G = grid_res cells per axis, M chosen cells of an update.

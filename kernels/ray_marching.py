@@ -1,4 +1,4 @@
-"""Occupancy-grid ray marching of Instant-NGP (Müller et al. 2022, Sec. 5.2 and Appendix E).
+"""Occupancy-grid ray marching of Instant-NGP (Müller et al. 2022, Sec. 5.4 and Appendix E).
 
 Glossary: R rays, K lattice points per ray (K_max the longest ray), N packed samples, G cells per axis of the
 occupancy grid, M cells chosen by one grid update.
@@ -186,7 +186,7 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Tensor, b
                grid_res: int, *, near: float, far: float, dt: float, cone_angle: float = 0.0,
                dt_max: float | None = None, max_samples: int = 1024, offsets: torch.Tensor | None = None,
                backend: str = "torch"):
-    """March rays through an occupancy grid (Instant-NGP Sec. 5.2, Appendix E) and pack the samples kept.
+    """March rays through an occupancy grid (Instant-NGP Sec. 5.4, Appendix E) and pack the samples kept.
 
     Args:
         rays_o, rays_d: (R, 3) float32 origins and directions (any length; t is measured in units of |d|).

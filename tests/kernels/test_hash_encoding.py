@@ -1,5 +1,5 @@
 """kernels/hash_encoding: the twin against the CUDA source (emulated on the CPU, CuPy on a GPU), and the properties
-of the Instant-NGP hash grid (Müller et al. 2022, Sec. 3, Appendix A).
+of the Instant-NGP hash grid (Müller et al. 2022, Sec. 3).
 
 Tolerances: the forward sums the same 8 products in a different order on each face (float32, features ~1): atol
 1e-6. The table gradient is accumulated with atomicAdd in the kernel (order of the sums not fixed): rtol 1e-5
@@ -176,7 +176,7 @@ def test_encoding_interpolates_the_table_at_a_vertex():
     encoding = small_encoding().double()
     level, vertex = 2, torch.tensor([3, 5, 2])
     scale = encoding.scales[level]
-    x = ((vertex.double() - 0.5) / scale)[None, :]  # pos = x * scale + 0.5 = vertex (Appendix A offset)
+    x = ((vertex.double() - 0.5) / scale)[None, :]  # pos = x * scale + 0.5 = vertex (tiny-cuda-nn's offset)
     encoded = hash_encode_torch(x, encoding.table, encoding.scales, encoding.resolutions)  # (1, L*F)
     row = grid_index(vertex, encoding.resolutions[level].long(), encoding.table_size)
     assert torch.allclose(encoded[0, 2 * level:2 * level + 2], encoding.table[level, row], atol=1e-12)

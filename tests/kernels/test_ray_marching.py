@@ -1,4 +1,4 @@
-"""kernels/ray_marching: occupancy-grid marching (Instant-NGP Sec. 5.2, Appendix E), the twin against the CUDA
+"""kernels/ray_marching: occupancy-grid marching (Instant-NGP Sec. 5.4, Appendix E), the twin against the CUDA
 source (emulated on the CPU, CuPy on a GPU), the properties of the samples, and the grid maintenance kernels.
 
 Tolerances: fixed steps use the same float32 formulas on every face, so the samples must be identical
