@@ -1,0 +1,377 @@
+"""01 - NeRF: Representing Scenes as Neural Radiance Fields for View Synthesis.
+
+Mildenhall, Srinivasan, Tancik, Barron, Ramamoorthi, Ng. ECCV 2020. https://arxiv.org/abs/2003.08934
+
+The first lesson. A scene is a function F(x, d) -> (c, sigma): an MLP maps a 3-D point x and a viewing
+direction d to a colour c and a volume density sigma. A pixel's colour is the volume rendering integral of
+that field along the pixel's camera ray (Eq. 1), estimated by quadrature (Eq. 3). Everything is learned from
+posed photographs with a plain photometric loss (Eq. 6). What makes it work:
+  * positional encoding of x and d (Eq. 4), without which an MLP cannot fit fine detail;
+  * hierarchical sampling: a coarse network tells where the surfaces are, and a fine network is evaluated
+    where the coarse weights are large (Eq. 5).
+
+Read it top to bottom: Config, the model (encoding, MLP), rendering, the training loop, evaluation, main.
+Shared plumbing (datasets, rays, metrics, logging, video) lives in common/; compositing and inverse-CDF
+sampling, the two hot loops, live in kernels/ as a PyTorch twin and a CUDA kernel (--backend).
+
+Glossary of shapes: R rays in a batch, S samples per ray, N = R*S packed samples, C colour channels.
+
+    python 01_nerf.py                     # built-in scene, CPU-friendly preset on a CPU, paper's on a GPU
+    python 01_nerf.py --quick             # about a minute on a laptop CPU
+    python 01_nerf.py --scene lego        # the real Blender scene from data/nerf_synthetic/lego
+    python 01_nerf.py --resume            # continue the last run in the same output folder
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
+from common.cli import parse_config, resolve_device, run_main
+from common.datasets import composite_on_background, load_scene
+from common.errors import UserError
+from common.evaluation import evaluate_split, render_path_videos
+from common.rays import sample_ray_batch
+from common.training import GracefulInterrupt, TrainLog, save_config, seed_everything
+from kernels import starts_from_counts
+from kernels.backend import resolve_backend
+from kernels.compositing import composite
+from kernels.sampling import sample_pdf
+
+
+# ================================================================================================
+# Config
+# ================================================================================================
+@dataclass
+class Config:
+    # --- shared by every script (common/cli.py) ---
+    scene: str = field(default="builtin", metadata={"help": "builtin (generated), a Blender scene name (lego, ...) or a folder"})
+    datadir: Optional[str] = field(default=None, metadata={"help": "scene folder (default data/nerf_synthetic/<scene>)"})
+    outdir: Optional[str] = field(default=None, metadata={"help": "run folder (default runs/01_nerf/<scene>)"})
+    downscale: int = field(default=1, metadata={"help": "reduce images by this factor (area averaging)"})
+    iters: int = field(default=200_000, metadata={"help": "training iterations (paper: 100k-300k)"})
+    backend: str = field(default="auto", metadata={"help": "kernels: torch | cuda | emulated | auto"})
+    device: str = field(default="auto", metadata={"help": "cpu | cuda | auto"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    quick: bool = field(default=False, metadata={"help": "CPU preset that finishes in about a minute"})
+    preset: str = field(default="auto", metadata={"help": "paper | cpu | quick | auto (cpu on a CPU, paper on a GPU)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --outdir"})
+    time_budget_s: float = field(default=0.0, metadata={"help": "stop training after this many seconds (0 = run all --iters)"})
+    # --- model (Sec. 5, Appendix A) ---
+    pos_freqs: int = field(default=10, metadata={"help": "L for positions in Eq. 4"})
+    dir_freqs: int = field(default=4, metadata={"help": "L for viewing directions in Eq. 4"})
+    net_depth: int = field(default=8, metadata={"help": "layers of the density trunk"})
+    net_width: int = field(default=256, metadata={"help": "units per layer"})
+    skip_layer: int = field(default=4, metadata={"help": "the input is concatenated again after this layer (5th layer's input)"})
+    density_activation: str = field(default="relu", metadata={"help": "relu (paper) | softplus (mip-NeRF's softplus(x - 1): never a zero gradient)"})
+    # --- rendering (Sec. 5.2) ---
+    n_coarse: int = field(default=64, metadata={"help": "stratified samples per ray, coarse network"})
+    n_fine: int = field(default=128, metadata={"help": "importance samples per ray, fine network"})
+    early_stop_eps: float = field(default=0.0, metadata={"help": "stop compositing once transmittance < eps (0 = off)"})
+    chunk: int = field(default=4096, metadata={"help": "rays per forward pass when rendering whole images"})
+    # --- optimisation (Sec. 5.3) ---
+    batch_rays: int = field(default=1024, metadata={"help": "rays per iteration (paper: 4096)"})
+    lr: float = field(default=5e-4, metadata={"help": "Adam learning rate at the start"})
+    lr_final: float = field(default=5e-5, metadata={"help": "learning rate at the last iteration (exponential decay)"})
+    precrop_iters: int = field(default=500, metadata={"help": "sample only the central part of images for this many iterations"})
+    precrop_fraction: float = field(default=0.5, metadata={"help": "size of that central part"})
+    mixed_precision: bool = field(default=True, metadata={"help": "fp16 autocast for the MLPs on a GPU (compositing stays fp32)"})
+    # --- logging and outputs ---
+    log_every: int = field(default=50, metadata={"help": "iterations between log rows"})
+    eval_every: int = field(default=0, metadata={"help": "iterations between held-out PSNR checks on a val view (0 = at the end only)"})
+    ckpt_every: int = field(default=1000, metadata={"help": "iterations between checkpoints"})
+    n_test_views: int = field(default=0, metadata={"help": "test views to render and score at the end (0 = all)"})
+    video_frames: int = field(default=60, metadata={"help": "frames of the spherical-path videos (0 = no video)"})
+
+
+# Presets: named sets of overrides. Explicit command-line values always win over a preset.
+PRESETS = {
+    "paper": {},
+    # The same method sized for about 10 minutes on two CPU cores: a narrower, shallower MLP, fewer samples and
+    # rays per step, so that a few thousand steps fit. Small networks tolerate (and need, to learn within a few
+    # thousand steps) a learning rate ten times the paper's. softplus density: see NeRFField.
+    "cpu": dict(iters=2500, net_depth=6, net_width=96, n_coarse=32, n_fine=32, batch_rays=512, chunk=4096,
+                precrop_iters=250, lr=3e-3, lr_final=3e-4, density_activation="softplus", ckpt_every=500,
+                video_frames=40, log_every=25),
+    # One to two minutes on two CPU cores, above 24 dB on the built-in scene's test views.
+    "quick": dict(iters=1000, net_depth=4, net_width=64, pos_freqs=8, n_coarse=32, n_fine=32, batch_rays=512,
+                  chunk=4096, precrop_iters=0, lr=5e-3, lr_final=5e-4, density_activation="softplus",
+                  ckpt_every=500, video_frames=20, log_every=20, n_test_views=4),
+}
+
+
+# ================================================================================================
+# Model: positional encoding (Eq. 4) and the radiance-field MLP (Fig. 7)
+# ================================================================================================
+def positional_encoding(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
+    """gamma(p) = (p, sin(2^0 p), cos(2^0 p), ..., sin(2^(L-1) p), cos(2^(L-1) p)) per coordinate: Eq. 4.
+
+    The paper writes 2^k * pi * p; the authors' code (and ours) drops the pi, because scene coordinates are
+    not normalised to [-1, 1] and the extra factor would alias the highest frequencies. The identity is kept
+    as in their code. notebooks/01_nerf.ipynb fits a 2-D image with and without it to show why it matters.
+    x: (..., D) -> (..., D * (1 + 2 * n_freqs))
+    """
+    freqs = 2.0 ** torch.arange(n_freqs, device=x.device, dtype=x.dtype)  # (L,)
+    angles = x[..., None, :] * freqs[:, None]  # (..., L, D)
+    encoded = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1).flatten(-2)  # (..., L*2D)
+    return torch.cat([x, encoded], dim=-1)
+
+
+def encoding_dim(n_freqs: int, dims: int = 3) -> int:
+    return dims * (1 + 2 * n_freqs)
+
+
+class NeRFField(nn.Module):
+    """F(x, d) -> (rgb, sigma). Appendix A / Fig. 7: a ReLU trunk on gamma(x) with a skip connection, sigma
+    from the trunk alone (so geometry cannot depend on the view), then one more layer that sees gamma(d)
+    for the view-dependent colour."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.pos_freqs, self.dir_freqs, self.skip_layer = cfg.pos_freqs, cfg.dir_freqs, cfg.skip_layer
+        if cfg.density_activation not in ("relu", "softplus"):
+            raise UserError(f"--density_activation must be relu or softplus, got {cfg.density_activation!r}")
+        self.density_activation = cfg.density_activation
+        in_pos, in_dir, width = encoding_dim(cfg.pos_freqs), encoding_dim(cfg.dir_freqs), cfg.net_width
+        layers = []
+        for i in range(cfg.net_depth):
+            fan_in = in_pos if i == 0 else width + (in_pos if i == cfg.skip_layer + 1 else 0)
+            layers.append(nn.Linear(fan_in, width))
+        self.trunk = nn.ModuleList(layers)
+        self.sigma_head = nn.Linear(width, 1)
+        self.feature = nn.Linear(width, width)
+        self.rgb_hidden = nn.Linear(width + in_dir, width // 2)
+        self.rgb_head = nn.Linear(width // 2, 3)
+
+    def forward(self, points: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """points, dirs: (N, 3) -> rgb (N, 3) in [0,1], sigma (N,) >= 0."""
+        encoded_x = positional_encoding(points, self.pos_freqs)  # (N, 3+6L)
+        h = encoded_x
+        for i, layer in enumerate(self.trunk):
+            if i == self.skip_layer + 1:
+                h = torch.cat([h, encoded_x], dim=-1)  # skip connection: the 5th layer sees gamma(x) again
+            h = F.relu(layer(h))
+        raw_sigma = self.sigma_head(h).squeeze(-1)  # (N,)
+        # Density must be non-negative. ReLU (the paper's) has zero gradient for negative inputs: a sample whose
+        # density starts at 0 gets no signal, and a small network can stall at a blank image for a while.
+        # softplus(x - 1) (mip-NeRF, Sec. 4) is smooth and starts near-transparent (softplus(-1) = 0.31).
+        if self.density_activation == "relu":
+            sigma = F.relu(raw_sigma)
+        else:
+            sigma = F.softplus(raw_sigma - 1.0)
+        h = torch.cat([self.feature(h), positional_encoding(dirs, self.dir_freqs)], dim=-1)
+        rgb = torch.sigmoid(self.rgb_head(F.relu(self.rgb_hidden(h))))  # (N, 3)
+        return rgb, sigma
+
+
+# ================================================================================================
+# Rendering: stratified sampling (Eq. 2), quadrature (Eq. 3), hierarchical sampling (Eq. 5)
+# ================================================================================================
+def stratified_samples(n_rays: int, n_samples: int, near: float, far: float, perturb: bool,
+                       generator: torch.Generator | None, device) -> torch.Tensor:
+    """Eq. 2: t_i ~ U[t_n + (i-1)/S (t_f - t_n), t_n + i/S (t_f - t_n)]; the bin midpoint when not perturbed.
+    Returns (R, S) sorted depths."""
+    edges = torch.linspace(near, far, n_samples + 1, device=device)  # (S+1,)
+    lower, upper = edges[:-1], edges[1:]
+    if perturb:
+        u = torch.rand(n_rays, n_samples, generator=generator, device="cpu").to(device)  # (R, S)
+    else:
+        u = torch.full((n_rays, n_samples), 0.5, device=device)
+    return lower + (upper - lower) * u  # (R, S)
+
+
+def render_along_rays(field: NeRFField, rays_o: torch.Tensor, rays_d: torch.Tensor, t_vals: torch.Tensor,
+                      far: float, cfg: Config, backend: str) -> dict[str, torch.Tensor]:
+    """Evaluate the field at the samples t_vals (R, S) and composite them (Eq. 3).
+
+    Sample i stands for the interval [t_i, t_{i+1}] (the last one ends at the far plane), so
+    delta_i = t_{i+1} - t_i as in the paper. The packed layout the kernels take is trivial here:
+    every ray has exactly S samples.
+    """
+    n_rays, n_samples = t_vals.shape
+    points = rays_o[:, None, :] + t_vals[..., None] * rays_d[:, None, :]  # (R, S, 3)
+    view_dirs = F.normalize(rays_d, dim=-1)[:, None, :].expand_as(points)  # (R, S, 3)
+    use_amp = cfg.mixed_precision and points.is_cuda
+    with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+        rgb, sigma = field(points.reshape(-1, 3), view_dirs.reshape(-1, 3))  # (N, 3), (N,)
+    t_ends = torch.cat([t_vals[:, 1:], torch.full_like(t_vals[:, :1], far)], dim=-1)  # (R, S)
+    counts = torch.full((n_rays,), n_samples, dtype=torch.int32, device=t_vals.device)  # (R,)
+    weights, opacity, color, depth = composite(
+        sigma.float().contiguous(), rgb.float().contiguous(), t_vals.reshape(-1).contiguous(),
+        t_ends.reshape(-1).contiguous(), starts_from_counts(counts), counts,
+        early_stop_eps=cfg.early_stop_eps, backend=backend)  # compositing always in fp32
+    return dict(weights=weights.view(n_rays, n_samples), opacity=opacity, color=color, depth=depth)
+
+
+def render_rays(coarse: NeRFField, fine: NeRFField, rays_o: torch.Tensor, rays_d: torch.Tensor,
+                near: float, far: float, cfg: Config, backend: str, background: torch.Tensor | float,
+                perturb: bool, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """From rays (R, 3) to colours: the whole method on one screen (Sec. 5.2).
+
+    1. the coarse network at S_c stratified samples;
+    2. S_f more samples drawn from the piecewise-constant pdf of the coarse weights (Eq. 5), treated as
+       constants (no gradient flows through the sample positions);
+    3. the fine network at the union of both sets, sorted.
+    Colours are composited over `background` (white for Blender scenes): C + (1 - opacity) * bg.
+    """
+    t_coarse = stratified_samples(rays_o.shape[0], cfg.n_coarse, near, far, perturb, generator, rays_o.device)
+    out_coarse = render_along_rays(coarse, rays_o, rays_d, t_coarse, far, cfg, backend)
+
+    # Bins for Eq. 5: midpoints between coarse samples, as in the authors' code; the end weights are dropped.
+    mids = 0.5 * (t_coarse[:, 1:] + t_coarse[:, :-1])  # (R, S_c - 1)
+    t_importance = sample_pdf(mids, out_coarse["weights"][:, 1:-1].detach(), cfg.n_fine, stratified=perturb,
+                              generator=generator, backend=backend)  # (R, S_f)
+    t_fine, _ = torch.sort(torch.cat([t_coarse, t_importance], dim=-1), dim=-1)  # (R, S_c + S_f)
+    out_fine = render_along_rays(fine, rays_o, rays_d, t_fine, far, cfg, backend)
+
+    def over_background(out):
+        return out["color"] + (1.0 - out["opacity"])[:, None] * background
+
+    return dict(rgb_coarse=over_background(out_coarse), rgb=over_background(out_fine),
+                depth=out_fine["depth"], opacity=out_fine["opacity"])
+
+
+# ================================================================================================
+# Training loop
+# ================================================================================================
+def learning_rate(cfg: Config, step: int, elapsed_s: float = 0.0) -> float:
+    """Exponential decay from lr to lr_final over the run (over the time budget, if one is set and ends first) (Sec. 5.3: 5e-4 -> 5e-5)."""
+    progress = step / max(cfg.iters, 1)
+    if cfg.time_budget_s > 0:
+        progress = max(progress, elapsed_s / cfg.time_budget_s)
+    return cfg.lr * (cfg.lr_final / cfg.lr) ** min(progress, 1.0)
+
+
+def train(cfg: Config) -> dict:
+    """Train coarse and fine networks; evaluate on the test split; write pictures and videos. Returns the metrics."""
+    device = resolve_device(cfg.device)
+    backend = resolve_backend(cfg.backend, device)
+    outdir = Path(cfg.outdir or f"runs/01_nerf/{Path(cfg.scene).name}")
+    outdir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+
+    scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale)
+    train_split = scene.splits["train"]
+    background = 1.0 if scene.white_background else 0.0
+
+    coarse, fine = NeRFField(cfg).to(device), NeRFField(cfg).to(device)
+    params = list(coarse.parameters()) + list(fine.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-7)  # Sec. 5.3
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.mixed_precision and device.type == "cuda")
+    generator = torch.Generator().manual_seed(cfg.seed)  # CPU generator: the same rays on every device
+
+    start_step = 0
+    resume_from = latest_checkpoint(outdir) if cfg.resume else None
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, map_location=device)
+        coarse.load_state_dict(state["coarse"])
+        fine.load_state_dict(state["fine"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start_step = state["step"]
+        print(f"resuming from {resume_from} at step {start_step}")
+    elif cfg.resume:
+        print(f"--resume: no checkpoint in {outdir}, starting from step 0")
+    save_config(outdir, cfg)
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(checkpoint_path(outdir, step),
+                        dict(step=step, coarse=coarse.state_dict(), fine=fine.state_dict(),
+                             optimizer=optimizer.state_dict(), generator=generator.get_state(), config=vars(cfg)))
+
+    log = TrainLog(outdir, total_steps=cfg.iters, start_step=start_step, desc=f"01_nerf {scene.name}")
+    step = start_step  # the last completed step
+    try:
+        with GracefulInterrupt() as interrupt:
+            for step_to_do in range(start_step + 1, cfg.iters + 1):
+                precrop = cfg.precrop_fraction if step_to_do <= cfg.precrop_iters else 1.0
+                rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator,
+                                                          precrop_fraction=precrop)
+                rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
+                target_rgb = composite_on_background(target, background) if target.shape[-1] == 4 else target
+
+                out = render_rays(coarse, fine, rays_o, rays_d, scene.near, scene.far, cfg, backend, background,
+                                  perturb=True, generator=generator)
+                # Eq. 6: squared error of both the coarse and the fine rendering.
+                loss_fine = F.mse_loss(out["rgb"], target_rgb)
+                loss = F.mse_loss(out["rgb_coarse"], target_rgb) + loss_fine
+
+                lr = learning_rate(cfg, step_to_do, log.elapsed())
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step = step_to_do
+
+                out_of_time = cfg.time_budget_s > 0 and log.elapsed() >= cfg.time_budget_s
+                stopping = step == cfg.iters or out_of_time or interrupt.requested
+                log.step(step, loss=loss.item(), psnr=-10.0 * math.log10(max(loss_fine.item(), 1e-10)), lr=lr,
+                         write=step % cfg.log_every == 0 or stopping)
+                if cfg.eval_every and (step % cfg.eval_every == 0 or stopping):
+                    with log.paused():  # evaluation time is not training time
+                        val = evaluate_split(make_image_renderer(coarse, fine, scene, cfg, backend, background, device),
+                                             scene.splits["val"], None, n_views=1, background=background,
+                                             progress=False)
+                    log.note(step, val_psnr=round(val["mean_psnr"], 3))
+                if step % cfg.ckpt_every == 0 or stopping:
+                    checkpoint(step)
+                if interrupt.requested:
+                    raise KeyboardInterrupt
+                if out_of_time:
+                    log.write(f"time budget of {cfg.time_budget_s:g} s reached at step {step}")
+                    break
+    except KeyboardInterrupt:
+        log.close()
+        last = latest_checkpoint(outdir)
+        print(f"\ninterrupted at step {step}; last checkpoint: {last}; continue with: "
+              f"python 01_nerf.py --resume --outdir {outdir}")
+        raise SystemExit(130)
+    log.close()
+
+    render_fn = make_image_renderer(coarse, fine, scene, cfg, backend, background, device)
+    metrics = evaluate_split(render_fn, scene.splits["test"], outdir / "test", n_views=cfg.n_test_views or None,
+                             background=background, near=scene.near, far=scene.far)
+    metrics.update(scene=scene.name, iters=cfg.iters, backend=backend, device=str(device))
+    print(f"test: PSNR {metrics['mean_psnr']:.2f} dB, SSIM {metrics['mean_ssim']:.4f} "
+          f"over {len(metrics['views'])} views -> {outdir / 'test'}")
+    if cfg.video_frames > 0:
+        videos = render_path_videos(render_fn, scene, outdir, cfg.video_frames)
+        print("videos: " + ", ".join(str(v) for v in videos))
+    return metrics
+
+
+# ================================================================================================
+# Evaluation helpers (thin: the work is in common/evaluation.py)
+# ================================================================================================
+def make_image_renderer(coarse, fine, scene, cfg: Config, backend: str, background, device):
+    """A function (rays_o, rays_d) -> {'rgb', 'depth', 'opacity'} for whole images, without perturbation."""
+
+    @torch.no_grad()
+    def render_fn(rays_o: torch.Tensor, rays_d: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = render_rays(coarse, fine, rays_o.to(device), rays_d.to(device), scene.near, scene.far, cfg,
+                          backend, background, perturb=False)
+        return {key: out[key].cpu() for key in ("rgb", "depth", "opacity")}
+
+    render_fn.chunk = cfg.chunk
+    return render_fn
+
+
+# ================================================================================================
+# main
+# ================================================================================================
+def main(argv=None) -> dict:
+    cfg = parse_config(Config, argv, presets=PRESETS)
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,131 @@
+"""01_nerf.py end to end: it learns the built-in scene, and an interrupted run resumes without losing work."""
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+NO_VIDEO = ["--video_frames", "0"]
+
+
+@pytest.mark.slow
+def test_nerf_quick_preset_reaches_24db_on_builtin_test_views(nerf_script, tmp_path):
+    # The bar: a renderer, sampler or compositor that is wrong cannot get here; a blank white image scores ~13 dB.
+    metrics = nerf_script.main(["--quick", "--outdir", str(tmp_path), "--device", "cpu", "--backend", "torch",
+                                "--n_test_views", "4", *NO_VIDEO])
+    assert metrics["mean_psnr"] >= 24.0, metrics
+    saved = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert abs(saved["mean_psnr"] - metrics["mean_psnr"]) < 1e-9
+    assert len(saved["views"]) == 4 and all(view["ssim"] > 0.5 for view in saved["views"])
+    for name in ("config.json", "log.csv", "psnr.png", "test/rgb_000.png", "test/gt_000.png", "test/depth_000.png"):
+        assert (tmp_path / name).is_file(), name
+
+
+def _train_args(outdir, iters):
+    # 25 x 25 images (--downscale 4) keep the final test render cheap; the training steps are the real ones.
+    return ["--quick", "--iters", str(iters), "--ckpt_every", "5", "--outdir", str(outdir), "--device", "cpu",
+            "--backend", "torch", "--n_test_views", "1", "--downscale", "4", *NO_VIDEO]
+
+
+def _assert_same_weights(state_a, state_b):
+    for network in ("coarse", "fine"):
+        for name, tensor in state_a[network].items():
+            torch.testing.assert_close(state_b[network][name], tensor, rtol=0, atol=0, msg=f"{network}.{name}")
+
+
+def _logged_steps(outdir):
+    return [int(line.split(",")[0]) for line in (outdir / "log.csv").read_text().splitlines()[1:]]
+
+
+@pytest.fixture(scope="module")
+def straight_run(nerf_script, tmp_path_factory):
+    """Reference: 10 uninterrupted steps, checkpoints at 5 and 10."""
+    outdir = tmp_path_factory.mktemp("straight")
+    nerf_script.main(_train_args(outdir, 10))
+    return torch.load(outdir / "ckpt_000010.pt", weights_only=False)
+
+
+def test_nerf_ctrl_c_saves_the_current_step_and_resume_matches_an_uninterrupted_run(
+        nerf_script, straight_run, tmp_path, monkeypatch):
+    # Ctrl-C (a real SIGINT) arrives while step 7 is being computed: the run finishes step 7, writes its
+    # checkpoint (between the regular ones at 5 and 10) and exits with status 130.
+    real_sample = nerf_script.sample_ray_batch
+    calls = []
+
+    def sample_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(nerf_script, "sample_ray_batch", sample_then_ctrl_c)
+    with pytest.raises(SystemExit) as exit_info:
+        nerf_script.main(_train_args(tmp_path, 10))
+    assert exit_info.value.code == 130
+    assert len(calls) == 7
+    assert (tmp_path / "ckpt_000007.pt").exists() and not (tmp_path / "ckpt_000010.pt").exists()
+    monkeypatch.setattr(nerf_script, "sample_ray_batch", real_sample)
+
+    # Resumed: continues at step 8, ends at 10 with exactly the weights of the uninterrupted run (same data
+    # order and optimiser state), keeps the earlier checkpoints, and the log has each step once.
+    nerf_script.main(_train_args(tmp_path, 10) + ["--resume"])
+    resumed = torch.load(tmp_path / "ckpt_000010.pt", weights_only=False)
+    assert resumed["step"] == straight_run["step"] == 10
+    _assert_same_weights(straight_run, resumed)
+    assert (tmp_path / "ckpt_000005.pt").exists() and (tmp_path / "ckpt_000007.pt").exists()
+    steps = _logged_steps(tmp_path)
+    assert steps == sorted(set(steps)) and steps[-1] == 10
+
+
+def test_nerf_hard_interrupt_keeps_the_last_checkpoint_and_resumes_from_it(
+        nerf_script, straight_run, tmp_path, monkeypatch):
+    # A KeyboardInterrupt that cannot wait for the step to finish (second Ctrl-C), right after the step-5
+    # checkpoint: nothing after it is saved, and the step-5 file is intact.
+    real_save = nerf_script.save_checkpoint
+
+    def save_then_interrupt(path, state):
+        real_save(path, state)
+        if state["step"] == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(nerf_script, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(SystemExit):
+        nerf_script.main(_train_args(tmp_path, 10))
+    monkeypatch.setattr(nerf_script, "save_checkpoint", real_save)
+    assert (tmp_path / "ckpt_000005.pt").exists() and not (tmp_path / "ckpt_000010.pt").exists()
+
+    nerf_script.main(_train_args(tmp_path, 10) + ["--resume"])
+    resumed = torch.load(tmp_path / "ckpt_000010.pt", weights_only=False)
+    _assert_same_weights(straight_run, resumed)
+
+
+def test_nerf_time_budget_stops_early_and_checkpoints(nerf_script, tmp_path):
+    nerf_script.main(_train_args(tmp_path, 10_000) + ["--time_budget_s", "3"])
+    checkpoints = sorted(tmp_path.glob("ckpt_*.pt"))
+    last = torch.load(checkpoints[-1], weights_only=False)
+    assert 0 < last["step"] < 10_000
+    assert _logged_steps(tmp_path)[-1] == last["step"]
+    assert (tmp_path / "test" / "metrics.json").exists()
+
+
+def test_nerf_missing_lego_gives_one_line_error(nerf_script, tmp_path, capsys):
+    from common.cli import run_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: nerf_script.main(["--scene", "lego", "--datadir", str(tmp_path / "nowhere"),
+                                           "--outdir", str(tmp_path / "run")]))
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("error:") and "\n" not in message
+    assert "nowhere" in message and "--datadir" in message
+
+
+def test_nerf_bad_option_value_gives_one_line_error(nerf_script, tmp_path, capsys):
+    from common.cli import run_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: nerf_script.main(["--density_activation", "tanh", "--outdir", str(tmp_path)]))
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("error:") and "density_activation" in message and "\n" not in message
