@@ -1,0 +1,378 @@
+"""04 - Hash-grid NeRF: Instant Neural Graphics Primitives with a Multiresolution Hash Encoding.
+
+Müller, Evans, Schied, Keller. SIGGRAPH 2022. https://arxiv.org/abs/2201.05989
+Regularisers from the Jittor JHashNeRF entry (a sparsity loss on densities, total variation on the grid).
+
+What is new relative to 01_nerf.py:
+  * the positional encoding and the 8x256 MLP are replaced by a trainable multiresolution hash encoding
+    (Sec. 3, Eq. 2-4) and two tiny MLPs: most of the capacity now lives in lookup tables, which are cheap to
+    evaluate and to train, so a radiance field trains in minutes instead of hours;
+  * the coarse network and hierarchical sampling are replaced by an occupancy grid (Sec. 5.4 / Appendix E):
+    a bitfield over the scene box that marks cells where density is non-negligible, kept up to date during
+    training, through which rays are marched with a fixed step, skipping empty space;
+  * directions are encoded with spherical harmonics, the density uses a truncated exponential, the
+    background is a random colour during training (so the model cannot paint the background into the
+    object), and compositing stops rays early once they are opaque.
+
+Read it top to bottom: Config, the field, rendering, losses, the training loop, evaluation, main.
+Glossary of shapes: R rays, N packed samples (all rays' samples in one flat array), L levels, F features.
+
+    python 04_hashnerf.py                 # built-in scene (CPU-sized preset on a CPU)
+    python 04_hashnerf.py --quick         # about a minute on a laptop CPU
+    python 04_hashnerf.py --scene lego    # the real Blender scene from data/nerf_synthetic/lego
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
+from common.cli import parse_config, resolve_device, run_main
+from common.datasets import background_color, composite_on_background, load_scene
+from common.evaluation import evaluate_split, render_path_videos
+from common.numerics import trunc_exp
+from common.rays import sample_ray_batch
+from common.training import GracefulInterrupt, TrainLog, save_config, seed_everything
+from kernels import ray_indices_from_counts
+from kernels.backend import resolve_backend
+from kernels.compositing import composite
+from kernels.hash_encoding import HashEncoding, total_variation
+from kernels.ray_marching import OccupancyGrid, march_rays
+
+
+# ================================================================================================
+# Config
+# ================================================================================================
+@dataclass
+class Config:
+    # --- shared by every script (common/cli.py) ---
+    scene: str = field(default="builtin", metadata={"help": "builtin (generated), a Blender scene name (lego, ...) or a folder"})
+    datadir: Optional[str] = field(default=None, metadata={"help": "scene folder (default data/nerf_synthetic/<scene>)"})
+    outdir: Optional[str] = field(default=None, metadata={"help": "run folder (default runs/04_hashnerf/<scene>)"})
+    downscale: int = field(default=1, metadata={"help": "reduce images by this factor (area averaging)"})
+    iters: int = field(default=20_000, metadata={"help": "training iterations (the paper trains 5 min; ~30k steps)"})
+    backend: str = field(default="auto", metadata={"help": "kernels: torch | cuda | emulated | auto"})
+    device: str = field(default="auto", metadata={"help": "cpu | cuda | auto"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    quick: bool = field(default=False, metadata={"help": "CPU preset that finishes in about a minute"})
+    preset: str = field(default="auto", metadata={"help": "paper | cpu | quick | auto (cpu on a CPU, paper on a GPU)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --outdir"})
+    time_budget_s: float = field(default=0.0, metadata={"help": "stop training after this many seconds (0 = run all --iters)"})
+    # --- hash encoding (Sec. 3, Table 1) ---
+    n_levels: int = field(default=16, metadata={"help": "L, resolution levels"})
+    n_features: int = field(default=2, metadata={"help": "F, features per level"})
+    log2_table_size: int = field(default=19, metadata={"help": "T = 2^this table entries per level"})
+    base_resolution: int = field(default=16, metadata={"help": "N_min, coarsest grid resolution"})
+    max_resolution: int = field(default=2048, metadata={"help": "N_max, finest grid resolution"})
+    hidden_width: int = field(default=64, metadata={"help": "units of the small MLPs (Sec. 5.4)"})
+    # --- occupancy grid and marching (Sec. 5.4, Appendix E) ---
+    grid_resolution: int = field(default=128, metadata={"help": "occupancy grid cells per side"})
+    grid_update_every: int = field(default=16, metadata={"help": "iterations between occupancy updates"})
+    grid_warmup: int = field(default=256, metadata={"help": "iterations during which every cell is updated"})
+    grid_threshold: float = field(default=0.01, metadata={"help": "a cell is occupied when one step through it has optical thickness above this"})
+    grid_decay: float = field(default=0.95, metadata={"help": "decay of the running max of densities per update"})
+    steps_per_diagonal: int = field(default=1024, metadata={"help": "marching step = box diagonal / this (paper: sqrt(3)/1024 per unit)"})
+    max_samples: int = field(default=1024, metadata={"help": "cap on samples per ray"})
+    early_stop_eps: float = field(default=1e-4, metadata={"help": "stop a ray once its transmittance drops below this"})
+    chunk: int = field(default=8192, metadata={"help": "rays per forward pass when rendering whole images"})
+    # --- optimisation (Sec. 4) ---
+    batch_rays: int = field(default=4096, metadata={"help": "rays per iteration"})
+    lr: float = field(default=1e-2, metadata={"help": "Adam learning rate (paper: 1e-2)"})
+    lr_final: float = field(default=3e-4, metadata={"help": "learning rate at the last iteration (exponential decay)"})
+    weight_decay: float = field(default=1e-6, metadata={"help": "L2 on the MLP weights only (paper: 1e-6)"})
+    sparsity_weight: float = field(default=0.0, metadata={"help": "JHashNeRF sparsity loss on densities (0 = off)"})
+    tv_weight: float = field(default=0.0, metadata={"help": "JHashNeRF total-variation loss on the hash grid (0 = off)"})
+    mixed_precision: bool = field(default=True, metadata={"help": "fp16 autocast for the MLPs on a GPU (compositing stays fp32)"})
+    # --- logging and outputs ---
+    log_every: int = field(default=100, metadata={"help": "iterations between log rows"})
+    eval_every: int = field(default=0, metadata={"help": "iterations between held-out PSNR checks on a val view (0 = at the end only)"})
+    ckpt_every: int = field(default=2000, metadata={"help": "iterations between checkpoints"})
+    n_test_views: int = field(default=0, metadata={"help": "test views to render and score at the end (0 = all)"})
+    video_frames: int = field(default=120, metadata={"help": "frames of the spherical-path videos (0 = no video)"})
+
+
+PRESETS = {
+    "paper": {},
+    # The same method sized for two CPU cores: a smaller table, fewer and coarser levels, a coarser grid. The
+    # grid also forgets faster (decay 0.8, every 8 steps): until it carves out empty space, every ray takes
+    # its full quota of samples, the expensive phase, which 0.95 every 16 steps would stretch over ~400 steps.
+    "cpu": dict(iters=2000, n_levels=12, log2_table_size=16, max_resolution=512, grid_resolution=64,
+                steps_per_diagonal=256, max_samples=256, batch_rays=1024, chunk=4096, grid_warmup=64,
+                grid_update_every=8, grid_decay=0.8, ckpt_every=500, video_frames=40, log_every=25),
+    # About a minute on two CPU cores; above 26 dB on the built-in scene's test views.
+    "quick": dict(iters=500, n_levels=8, log2_table_size=15, max_resolution=256, grid_resolution=32,
+                  steps_per_diagonal=128, max_samples=128, batch_rays=1024, chunk=4096, grid_warmup=64,
+                  grid_update_every=8, grid_decay=0.8, lr_final=1e-3, ckpt_every=250, video_frames=20,
+                  log_every=20, n_test_views=4),
+}
+
+
+# ================================================================================================
+# The field: hash encoding -> density MLP; spherical harmonics + features -> colour MLP (Sec. 5.4)
+# ================================================================================================
+def spherical_harmonics(dirs: torch.Tensor) -> torch.Tensor:
+    """Real spherical harmonics up to degree 3 (16 coefficients) of unit directions: the direction encoding
+    of Instant-NGP (Sec. 5.4). The constants are the usual normalisations sqrt((2l+1)/(4pi) (l-m)!/(l+m)!).
+    dirs: (N, 3) unit vectors -> (N, 16)"""
+    x, y, z = dirs.unbind(-1)
+    xx, yy, zz = x * x, y * y, z * z
+    return torch.stack([
+        torch.full_like(x, 0.28209479177387814),                       # l = 0
+        -0.4886025119029199 * y, 0.4886025119029199 * z, -0.4886025119029199 * x,  # l = 1
+        1.0925484305920792 * x * y, -1.0925484305920792 * y * z,        # l = 2
+        0.31539156525252005 * (2 * zz - xx - yy), -1.0925484305920792 * x * z,
+        0.5462742152960396 * (xx - yy),
+        -0.5900435899266435 * y * (3 * xx - yy), 2.890611442640554 * x * y * z,  # l = 3
+        -0.4570457994644658 * y * (4 * zz - xx - yy), 0.3731763325901154 * z * (2 * zz - 3 * xx - 3 * yy),
+        -0.4570457994644658 * x * (4 * zz - xx - yy), 1.445305721320277 * z * (xx - yy),
+        -0.5900435899266435 * x * (xx - 3 * yy),
+    ], dim=-1)
+
+
+class HashField(nn.Module):
+    """(x, d) -> (rgb, sigma). Density: hash encoding of x -> 1 hidden layer -> 16 outputs, the first of which
+    is log-density (sigma = exp, truncated in the backward pass); colour: the 16 outputs and SH(d) -> 2 hidden
+    layers -> rgb. Points are normalised to the unit cube of the scene box before encoding."""
+
+    def __init__(self, cfg: Config, aabb: torch.Tensor):
+        super().__init__()
+        self.register_buffer("aabb", aabb.clone())  # (2, 3) min and max corners of the scene box
+        self.encoding = HashEncoding(cfg.n_levels, cfg.n_features, cfg.log2_table_size,
+                                     cfg.base_resolution, cfg.max_resolution)
+        width = cfg.hidden_width
+        self.density_mlp = nn.Sequential(nn.Linear(self.encoding.output_dim, width), nn.ReLU(), nn.Linear(width, 16))
+        self.color_mlp = nn.Sequential(nn.Linear(16 + 16, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                                       nn.Linear(width, 3))
+
+    def unit_cube(self, points: torch.Tensor) -> torch.Tensor:
+        return ((points - self.aabb[0]) / (self.aabb[1] - self.aabb[0])).clamp(0.0, 1.0)  # (N, 3)
+
+    def density(self, points: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """points (N, 3) world -> sigma (N,), geometry features (N, 16)."""
+        features = self.encoding(self.unit_cube(points), backend=backend)  # (N, L*F)
+        h = self.density_mlp(features)  # (N, 16)
+        sigma = trunc_exp(h[:, 0].float())  # exp keeps sigma > 0 and lets it span decades (Sec. 5.4)
+        return sigma, h
+
+    def forward(self, points: torch.Tensor, dirs: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """points, dirs (N, 3) -> rgb (N, 3), sigma (N,)."""
+        sigma, h = self.density(points, backend)
+        rgb = torch.sigmoid(self.color_mlp(torch.cat([h, spherical_harmonics(dirs).to(h.dtype)], dim=-1)))
+        return rgb, sigma
+
+
+def marching_step(aabb: torch.Tensor, cfg: Config) -> float:
+    """A fixed step: the box diagonal divided into steps_per_diagonal (Instant-NGP: sqrt(3)/1024 for a unit cube)."""
+    return float((aabb[1] - aabb[0]).norm()) / cfg.steps_per_diagonal
+
+
+# ================================================================================================
+# Rendering: march through the occupancy grid, evaluate the field at the samples, composite (Eq. 3 of NeRF)
+# ================================================================================================
+def render_rays(field: HashField, grid: OccupancyGrid, rays_o: torch.Tensor, rays_d: torch.Tensor, cfg: Config,
+                backend: str, background: torch.Tensor | float, perturb: bool,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """From rays (R, 3) to colours. Directions are normalised so that t is a distance and the marching step
+    is a length. Sample positions are the midpoints of the intervals the marcher emits."""
+    rays_d = F.normalize(rays_d, dim=-1)  # (R, 3)
+    n_rays = rays_o.shape[0]
+    # Jitter the lattice per ray during training, so the field is trained between the fixed steps too.
+    offsets = (torch.rand(n_rays, generator=generator).to(rays_o.device) if perturb
+               else torch.full((n_rays,), 0.5, device=rays_o.device))  # (R,)
+    ray_starts, ray_counts, t_starts, t_ends = march_rays(
+        rays_o, rays_d, grid.aabb, grid.bitfield, grid.resolution, near=0.0, far=1e4,
+        dt=marching_step(grid.aabb, cfg), max_samples=cfg.max_samples, offsets=offsets, backend=backend)
+    ray_of_sample = ray_indices_from_counts(ray_counts)  # (N,)
+    t_mid = 0.5 * (t_starts + t_ends)  # (N,)
+    points = rays_o[ray_of_sample] + t_mid[:, None] * rays_d[ray_of_sample]  # (N, 3)
+    use_amp = cfg.mixed_precision and points.is_cuda
+    with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+        rgb, sigma = field(points, rays_d[ray_of_sample], backend)  # (N, 3), (N,)
+    weights, opacity, color, depth = composite(sigma.float().contiguous(), rgb.float().contiguous(), t_starts,
+                                               t_ends, ray_starts, ray_counts,
+                                               early_stop_eps=cfg.early_stop_eps, backend=backend)
+    rgb_out = color + (1.0 - opacity)[:, None] * background  # (R, 3)
+    return dict(rgb=rgb_out, depth=depth, opacity=opacity, sigma=sigma, n_samples=t_starts.shape[0])
+
+
+# ================================================================================================
+# Losses
+# ================================================================================================
+def sparsity_loss(sigma: torch.Tensor) -> torch.Tensor:
+    """JHashNeRF's sparsity prior: a Cauchy penalty log(1 + sigma^2 / c) on sampled densities pushes empty space
+    to exactly empty, which also keeps the occupancy grid tight. c = 0.5 (SNeRG, Hedman et al. 2021, Eq. 9)."""
+    if sigma.numel() == 0:
+        return sigma.sum()
+    return torch.log1p(sigma.square() / 0.5).mean()
+
+
+# ================================================================================================
+# Training loop
+# ================================================================================================
+def learning_rate(cfg: Config, step: int, elapsed_s: float = 0.0) -> float:
+    """Exponential decay from lr to lr_final over the run (over the time budget, if one is set and ends first)."""
+    progress = step / max(cfg.iters, 1)
+    if cfg.time_budget_s > 0:
+        progress = max(progress, elapsed_s / cfg.time_budget_s)
+    return cfg.lr * (cfg.lr_final / cfg.lr) ** min(progress, 1.0)
+
+
+def train(cfg: Config) -> dict:
+    """Train the hash-grid field; evaluate on the test split; write pictures and videos. Returns the metrics."""
+    device = resolve_device(cfg.device)
+    backend = resolve_backend(cfg.backend, device)
+    outdir = Path(cfg.outdir or f"runs/04_hashnerf/{Path(cfg.scene).name}")
+    outdir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+
+    scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale)
+    train_split = scene.splits["train"]
+    aabb = scene.aabb.to(device)
+    test_background = 1.0 if scene.white_background else 0.0
+
+    field_ = HashField(cfg, aabb).to(device)
+    grid = OccupancyGrid(aabb, resolution=cfg.grid_resolution, decay=cfg.grid_decay,
+                         threshold=cfg.grid_threshold).to(device)
+    # Sec. 4: Adam (0.9, 0.99, eps 1e-15: the tables' rarely-touched entries need the tiny epsilon), with
+    # weight decay on the MLPs only (decaying the tables would erase rarely visited entries).
+    optimizer = torch.optim.Adam([
+        dict(params=field_.encoding.parameters(), weight_decay=0.0),
+        dict(params=list(field_.density_mlp.parameters()) + list(field_.color_mlp.parameters()),
+             weight_decay=cfg.weight_decay),
+    ], lr=cfg.lr, betas=(0.9, 0.99), eps=1e-15)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.mixed_precision and device.type == "cuda")
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    start_step = 0
+    resume_from = latest_checkpoint(outdir) if cfg.resume else None
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, map_location=device)
+        field_.load_state_dict(state["field"])
+        grid.load_state_dict(state["grid"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start_step = state["step"]
+        print(f"resuming from {resume_from} at step {start_step}")
+    elif cfg.resume:
+        print(f"--resume: no checkpoint in {outdir}, starting from step 0")
+    save_config(outdir, cfg)
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(checkpoint_path(outdir, step),
+                        dict(step=step, field=field_.state_dict(), grid=grid.state_dict(),
+                             optimizer=optimizer.state_dict(), generator=generator.get_state(), config=vars(cfg)))
+
+    step_size = marching_step(aabb, cfg)
+
+    def optical_thickness(points: torch.Tensor) -> torch.Tensor:
+        """sigma * step: the opacity-like quantity the grid thresholds (Appendix E)."""
+        with torch.no_grad():
+            return field_.density(points, backend)[0] * step_size
+
+    log = TrainLog(outdir, total_steps=cfg.iters, start_step=start_step, desc=f"04_hashnerf {scene.name}")
+    step = start_step  # the last completed step
+    try:
+        with GracefulInterrupt() as interrupt:
+            for step_to_do in range(start_step + 1, cfg.iters + 1):
+                # Appendix E.2: refresh the grid every few steps (every cell during warm-up). It starts fully
+                # occupied, and a resumed run has its grid back from the checkpoint.
+                if step_to_do % cfg.grid_update_every == 0:
+                    grid.update(optical_thickness, generator=generator, backend=backend,
+                                warmup=step_to_do <= cfg.grid_warmup)
+
+                rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator)
+                rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
+                # A random background per ray (for RGBA data): the model must make the object opaque where it is.
+                if target.shape[-1] == 4:
+                    background = background_color("random", (rays_o.shape[0], 3), generator).to(device)
+                    target_rgb = composite_on_background(target, background)
+                else:
+                    background, target_rgb = test_background, target
+
+                out = render_rays(field_, grid, rays_o, rays_d, cfg, backend, background, perturb=True,
+                                  generator=generator)
+                loss_rgb = F.mse_loss(out["rgb"], target_rgb)
+                loss = loss_rgb
+                if cfg.sparsity_weight > 0:
+                    loss = loss + cfg.sparsity_weight * sparsity_loss(out["sigma"])
+                if cfg.tv_weight > 0:
+                    loss = loss + cfg.tv_weight * total_variation(field_.encoding, generator=generator)
+
+                lr = learning_rate(cfg, step_to_do, log.elapsed())
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step = step_to_do
+
+                out_of_time = cfg.time_budget_s > 0 and log.elapsed() >= cfg.time_budget_s
+                stopping = step == cfg.iters or out_of_time or interrupt.requested
+                log.step(step, loss=loss.item(), psnr=-10.0 * math.log10(max(loss_rgb.item(), 1e-10)), lr=lr,
+                         write=step % cfg.log_every == 0 or stopping,
+                         samples_per_ray=round(out["n_samples"] / cfg.batch_rays, 2),
+                         occupancy=round(grid.occupancy_fraction(), 4))
+                if cfg.eval_every and (step % cfg.eval_every == 0 or stopping):
+                    with log.paused():  # evaluation time is not training time
+                        val = evaluate_split(make_image_renderer(field_, grid, cfg, backend, test_background, device),
+                                             scene.splits["val"], None, n_views=1, background=test_background,
+                                             progress=False)
+                    log.note(step, val_psnr=round(val["mean_psnr"], 3))
+                if step % cfg.ckpt_every == 0 or stopping:
+                    checkpoint(step)
+                if interrupt.requested:
+                    raise KeyboardInterrupt
+                if out_of_time:
+                    log.write(f"time budget of {cfg.time_budget_s:g} s reached at step {step}")
+                    break
+    except KeyboardInterrupt:
+        log.close()
+        print(f"\ninterrupted at step {step}; last checkpoint: {latest_checkpoint(outdir)}; continue with: "
+              f"python 04_hashnerf.py --resume --outdir {outdir}")
+        raise SystemExit(130)
+    log.close()
+
+    render_fn = make_image_renderer(field_, grid, cfg, backend, test_background, device)
+    metrics = evaluate_split(render_fn, scene.splits["test"], outdir / "test", n_views=cfg.n_test_views or None,
+                             background=test_background)
+    metrics.update(scene=scene.name, iters=cfg.iters, backend=backend, device=str(device))
+    print(f"test: PSNR {metrics['mean_psnr']:.2f} dB, SSIM {metrics['mean_ssim']:.4f} "
+          f"over {len(metrics['views'])} views -> {outdir / 'test'}")
+    if cfg.video_frames > 0:
+        videos = render_path_videos(render_fn, scene, outdir, cfg.video_frames)
+        print("videos: " + ", ".join(str(v) for v in videos))
+    return metrics
+
+
+# ================================================================================================
+# Evaluation helpers (thin: the work is in common/evaluation.py)
+# ================================================================================================
+def make_image_renderer(field_: HashField, grid: OccupancyGrid, cfg: Config, backend: str, background, device):
+    """A function (rays_o, rays_d) -> {'rgb', 'depth', 'opacity'} for whole images, without jitter."""
+
+    @torch.no_grad()
+    def render_fn(rays_o: torch.Tensor, rays_d: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = render_rays(field_, grid, rays_o.to(device), rays_d.to(device), cfg, backend, background, perturb=False)
+        return {key: out[key].cpu() for key in ("rgb", "depth", "opacity")}
+
+    render_fn.chunk = cfg.chunk
+    return render_fn
+
+
+# ================================================================================================
+# main
+# ================================================================================================
+def main(argv=None) -> dict:
+    cfg = parse_config(Config, argv, presets=PRESETS)
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    run_main(main)
