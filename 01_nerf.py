@@ -27,19 +27,19 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from common.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
-from common.cli import parse_config, resolve_device, run_main
+from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
 from common.datasets import composite_on_background, load_scene
 from common.errors import UserError
-from common.evaluation import evaluate_split, render_path_videos
+from common.evaluation import evaluate_split, final_evaluation
 from common.rays import sample_ray_batch
-from common.training import GracefulInterrupt, TrainLog, save_config, seed_everything
+from common.training import (GracefulInterrupt, TrainLog, decayed_learning_rate, exit_interrupted, save_config,
+                             seed_everything)
 from kernels import starts_from_counts
 from kernels.backend import resolve_backend
 from kernels.compositing import composite
@@ -50,20 +50,12 @@ from kernels.sampling import sample_pdf
 # Config
 # ================================================================================================
 @dataclass
-class Config:
-    # --- shared by every script (common/cli.py) ---
-    scene: str = field(default="builtin", metadata={"help": "builtin (generated), a Blender scene name (lego, ...) or a folder"})
-    datadir: Optional[str] = field(default=None, metadata={"help": "scene folder (default data/nerf_synthetic/<scene>)"})
-    outdir: Optional[str] = field(default=None, metadata={"help": "run folder (default runs/01_nerf/<scene>)"})
-    downscale: int = field(default=1, metadata={"help": "reduce images by this factor (area averaging)"})
+class Config(RunConfig):
+    """NeRF (Mildenhall et al. 2020) on one scene. Defaults are the paper's; presets (PRESETS) size it for a CPU."""
+
+    # The settings every script shares (--scene, --datadir, --outdir, --backend, --device, --seed, --quick,
+    # --preset, --resume, --time_budget_s, logging and outputs) come from common/cli.py, RunConfig.
     iters: int = field(default=200_000, metadata={"help": "training iterations (paper: 100k-300k)"})
-    backend: str = field(default="auto", metadata={"help": "kernels: torch | cuda | emulated | auto"})
-    device: str = field(default="auto", metadata={"help": "cpu | cuda | auto"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    quick: bool = field(default=False, metadata={"help": "CPU preset that finishes in about a minute"})
-    preset: str = field(default="auto", metadata={"help": "paper | cpu | quick | auto (cpu on a CPU, paper on a GPU)"})
-    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --outdir"})
-    time_budget_s: float = field(default=0.0, metadata={"help": "stop training after this many seconds (0 = run all --iters)"})
     # --- model (Sec. 5, Appendix A) ---
     pos_freqs: int = field(default=10, metadata={"help": "L for positions in Eq. 4"})
     dir_freqs: int = field(default=4, metadata={"help": "L for viewing directions in Eq. 4"})
@@ -83,12 +75,6 @@ class Config:
     precrop_iters: int = field(default=500, metadata={"help": "sample only the central part of images for this many iterations"})
     precrop_fraction: float = field(default=0.5, metadata={"help": "size of that central part"})
     mixed_precision: bool = field(default=True, metadata={"help": "fp16 autocast for the MLPs on a GPU (compositing stays fp32)"})
-    # --- logging and outputs ---
-    log_every: int = field(default=50, metadata={"help": "iterations between log rows"})
-    eval_every: int = field(default=0, metadata={"help": "iterations between held-out PSNR checks on a val view (0 = at the end only)"})
-    ckpt_every: int = field(default=1000, metadata={"help": "iterations between checkpoints"})
-    n_test_views: int = field(default=0, metadata={"help": "test views to render and score at the end (0 = all)"})
-    video_frames: int = field(default=60, metadata={"help": "frames of the spherical-path videos (0 = no video)"})
 
 
 # Presets: named sets of overrides. Explicit command-line values always win over a preset.
@@ -242,18 +228,15 @@ def render_rays(coarse: NeRFField, fine: NeRFField, rays_o: torch.Tensor, rays_d
 # Training loop
 # ================================================================================================
 def learning_rate(cfg: Config, step: int, elapsed_s: float = 0.0) -> float:
-    """Exponential decay from lr to lr_final over the run (over the time budget, if one is set and ends first) (Sec. 5.3: 5e-4 -> 5e-5)."""
-    progress = step / max(cfg.iters, 1)
-    if cfg.time_budget_s > 0:
-        progress = max(progress, elapsed_s / cfg.time_budget_s)
-    return cfg.lr * (cfg.lr_final / cfg.lr) ** min(progress, 1.0)
+    """Exponential decay from lr to lr_final over the run, or over the time budget if that ends first."""
+    return decayed_learning_rate(cfg.lr, cfg.lr_final, step, cfg.iters, elapsed_s, cfg.time_budget_s)
 
 
 def train(cfg: Config) -> dict:
     """Train coarse and fine networks; evaluate on the test split; write pictures and videos. Returns the metrics."""
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
-    outdir = Path(cfg.outdir or f"runs/01_nerf/{Path(cfg.scene).name}")
+    outdir = Path(cfg.outdir or default_outdir("01_nerf", cfg.scene))
     outdir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
 
@@ -330,23 +313,12 @@ def train(cfg: Config) -> dict:
                     log.write(f"time budget of {cfg.time_budget_s:g} s reached at step {step}")
                     break
     except KeyboardInterrupt:
-        log.close()
-        last = latest_checkpoint(outdir)
-        print(f"\ninterrupted at step {step}; last checkpoint: {last}; continue with: "
-              f"python 01_nerf.py --resume --outdir {outdir}")
-        raise SystemExit(130)
+        exit_interrupted(log, step, outdir, "01_nerf.py")
     log.close()
 
     render_fn = make_image_renderer(coarse, fine, scene, cfg, backend, background, device)
-    metrics = evaluate_split(render_fn, scene.splits["test"], outdir / "test", n_views=cfg.n_test_views or None,
-                             background=background, near=scene.near, far=scene.far)
-    metrics.update(scene=scene.name, iters=cfg.iters, backend=backend, device=str(device))
-    print(f"test: PSNR {metrics['mean_psnr']:.2f} dB, SSIM {metrics['mean_ssim']:.4f} "
-          f"over {len(metrics['views'])} views -> {outdir / 'test'}")
-    if cfg.video_frames > 0:
-        videos = render_path_videos(render_fn, scene, outdir, cfg.video_frames)
-        print("videos: " + ", ".join(str(v) for v in videos))
-    return metrics
+    return final_evaluation(render_fn, scene, outdir, cfg.n_test_views, cfg.video_frames, background,
+                            iters=step, backend=backend, device=str(device), preset=cfg.preset)
 
 
 # ================================================================================================

@@ -26,19 +26,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from common.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
-from common.cli import parse_config, resolve_device, run_main
+from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
 from common.datasets import background_color, composite_on_background, load_scene
-from common.evaluation import evaluate_split, render_path_videos
+from common.evaluation import evaluate_split, final_evaluation
 from common.numerics import trunc_exp
 from common.rays import sample_ray_batch
-from common.training import GracefulInterrupt, TrainLog, save_config, seed_everything
+from common.training import (GracefulInterrupt, TrainLog, decayed_learning_rate, exit_interrupted, save_config,
+                             seed_everything)
 from kernels import ray_indices_from_counts
 from kernels.backend import resolve_backend
 from kernels.compositing import composite
@@ -50,20 +50,12 @@ from kernels.ray_marching import OccupancyGrid, march_rays
 # Config
 # ================================================================================================
 @dataclass
-class Config:
-    # --- shared by every script (common/cli.py) ---
-    scene: str = field(default="builtin", metadata={"help": "builtin (generated), a Blender scene name (lego, ...) or a folder"})
-    datadir: Optional[str] = field(default=None, metadata={"help": "scene folder (default data/nerf_synthetic/<scene>)"})
-    outdir: Optional[str] = field(default=None, metadata={"help": "run folder (default runs/04_hashnerf/<scene>)"})
-    downscale: int = field(default=1, metadata={"help": "reduce images by this factor (area averaging)"})
+class Config(RunConfig):
+    """Hash-grid NeRF (Instant-NGP, Müller et al. 2022). Defaults are the paper's; presets (PRESETS) size it for a CPU."""
+
+    # The settings every script shares (--scene, --datadir, --outdir, --backend, --device, --seed, --quick,
+    # --preset, --resume, --time_budget_s, logging and outputs) come from common/cli.py, RunConfig.
     iters: int = field(default=20_000, metadata={"help": "training iterations (the paper trains 5 min; ~30k steps)"})
-    backend: str = field(default="auto", metadata={"help": "kernels: torch | cuda | emulated | auto"})
-    device: str = field(default="auto", metadata={"help": "cpu | cuda | auto"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    quick: bool = field(default=False, metadata={"help": "CPU preset that finishes in about a minute"})
-    preset: str = field(default="auto", metadata={"help": "paper | cpu | quick | auto (cpu on a CPU, paper on a GPU)"})
-    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --outdir"})
-    time_budget_s: float = field(default=0.0, metadata={"help": "stop training after this many seconds (0 = run all --iters)"})
     # --- hash encoding (Sec. 3, Table 1) ---
     n_levels: int = field(default=16, metadata={"help": "L, resolution levels"})
     n_features: int = field(default=2, metadata={"help": "F, features per level"})
@@ -89,12 +81,6 @@ class Config:
     sparsity_weight: float = field(default=0.0, metadata={"help": "JHashNeRF sparsity loss on densities (0 = off)"})
     tv_weight: float = field(default=0.0, metadata={"help": "JHashNeRF total-variation loss on the hash grid (0 = off)"})
     mixed_precision: bool = field(default=True, metadata={"help": "fp16 autocast for the MLPs on a GPU (compositing stays fp32)"})
-    # --- logging and outputs ---
-    log_every: int = field(default=100, metadata={"help": "iterations between log rows"})
-    eval_every: int = field(default=0, metadata={"help": "iterations between held-out PSNR checks on a val view (0 = at the end only)"})
-    ckpt_every: int = field(default=2000, metadata={"help": "iterations between checkpoints"})
-    n_test_views: int = field(default=0, metadata={"help": "test views to render and score at the end (0 = all)"})
-    video_frames: int = field(default=120, metadata={"help": "frames of the spherical-path videos (0 = no video)"})
 
 
 PRESETS = {
@@ -216,18 +202,15 @@ def sparsity_loss(sigma: torch.Tensor) -> torch.Tensor:
 # Training loop
 # ================================================================================================
 def learning_rate(cfg: Config, step: int, elapsed_s: float = 0.0) -> float:
-    """Exponential decay from lr to lr_final over the run (over the time budget, if one is set and ends first)."""
-    progress = step / max(cfg.iters, 1)
-    if cfg.time_budget_s > 0:
-        progress = max(progress, elapsed_s / cfg.time_budget_s)
-    return cfg.lr * (cfg.lr_final / cfg.lr) ** min(progress, 1.0)
+    """Exponential decay from lr to lr_final over the run, or over the time budget if that ends first."""
+    return decayed_learning_rate(cfg.lr, cfg.lr_final, step, cfg.iters, elapsed_s, cfg.time_budget_s)
 
 
 def train(cfg: Config) -> dict:
     """Train the hash-grid field; evaluate on the test split; write pictures and videos. Returns the metrics."""
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
-    outdir = Path(cfg.outdir or f"runs/04_hashnerf/{Path(cfg.scene).name}")
+    outdir = Path(cfg.outdir or default_outdir("04_hashnerf", cfg.scene))
     outdir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
 
@@ -333,22 +316,12 @@ def train(cfg: Config) -> dict:
                     log.write(f"time budget of {cfg.time_budget_s:g} s reached at step {step}")
                     break
     except KeyboardInterrupt:
-        log.close()
-        print(f"\ninterrupted at step {step}; last checkpoint: {latest_checkpoint(outdir)}; continue with: "
-              f"python 04_hashnerf.py --resume --outdir {outdir}")
-        raise SystemExit(130)
+        exit_interrupted(log, step, outdir, "04_hashnerf.py")
     log.close()
 
     render_fn = make_image_renderer(field_, grid, cfg, backend, test_background, device)
-    metrics = evaluate_split(render_fn, scene.splits["test"], outdir / "test", n_views=cfg.n_test_views or None,
-                             background=test_background)
-    metrics.update(scene=scene.name, iters=cfg.iters, backend=backend, device=str(device))
-    print(f"test: PSNR {metrics['mean_psnr']:.2f} dB, SSIM {metrics['mean_ssim']:.4f} "
-          f"over {len(metrics['views'])} views -> {outdir / 'test'}")
-    if cfg.video_frames > 0:
-        videos = render_path_videos(render_fn, scene, outdir, cfg.video_frames)
-        print("videos: " + ", ".join(str(v) for v in videos))
-    return metrics
+    return final_evaluation(render_fn, scene, outdir, cfg.n_test_views, cfg.video_frames, test_background,
+                            iters=step, backend=backend, device=str(device), preset=cfg.preset)
 
 
 # ================================================================================================

@@ -17,7 +17,9 @@ import dataclasses
 import sys
 import types
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -166,6 +168,35 @@ def parse_config(config_cls, argv=None, presets: dict | None = None, description
         if typing.get_origin(hints[f.name]) is tuple and isinstance(values.get(f.name), list):
             values[f.name] = tuple(values[f.name])
     return config_cls(**values)
+
+
+@dataclass
+class RunConfig:
+    """The settings every script shares: what to train on, where, for how long, and what to write.
+
+    A script's Config subclasses it and adds the method's own settings (a field declared again, such as
+    `iters`, keeps its place here and takes the script's default and help).
+    """
+
+    # --- what and where ---
+    scene: str = field(default="builtin", metadata={"help": "builtin (generated), a Blender scene name (lego, ...) or a folder"})
+    datadir: Optional[str] = field(default=None, metadata={"help": "scene folder (default data/nerf_synthetic/<scene>)"})
+    outdir: Optional[str] = field(default=None, metadata={"help": "run folder (default runs/<script>/<scene>)"})
+    downscale: int = field(default=1, metadata={"help": "reduce images by this factor (area averaging)"})
+    iters: int = field(default=30_000, metadata={"help": "training iterations"})
+    backend: str = field(default="auto", metadata={"help": "kernels: torch | cuda | emulated | auto"})
+    device: str = field(default="auto", metadata={"help": "cpu | cuda | auto"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    quick: bool = field(default=False, metadata={"help": "small CPU preset for the built-in scene (minutes)"})
+    preset: str = field(default="auto", metadata={"help": "paper | cpu | quick | auto (cpu on a CPU, paper on a GPU)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --outdir"})
+    time_budget_s: float = field(default=0.0, metadata={"help": "stop training after this many seconds (0 = run all --iters)"})
+    # --- logging and outputs ---
+    log_every: int = field(default=100, metadata={"help": "iterations between log rows"})
+    eval_every: int = field(default=0, metadata={"help": "iterations between held-out PSNR checks on a val view (0 = at the end only)"})
+    ckpt_every: int = field(default=1000, metadata={"help": "iterations between checkpoints"})
+    n_test_views: int = field(default=0, metadata={"help": "test views to render and score at the end (0 = all)"})
+    video_frames: int = field(default=120, metadata={"help": "frames of the spherical-path videos (0 = no video)"})
 
 
 def default_outdir(script: str, scene: str) -> Path:

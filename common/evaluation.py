@@ -82,3 +82,19 @@ def render_path_videos(render_fn, scene: Scene, outdir: Path, n_frames: int, fps
     depth_frames = [(np.asarray(d) * 255).astype(np.uint8) for d in depth_frames]
     return [write_video(Path(outdir) / "video_rgb.mp4", np.stack(rgb_frames), fps=fps),
             write_video(Path(outdir) / "video_depth.mp4", np.stack(depth_frames), fps=fps)]
+
+
+def final_evaluation(render_fn, scene: Scene, outdir: Path, n_test_views: int, video_frames: int,
+                     background: float, **facts) -> dict:
+    """What every script does after training: score the test views (pictures and metrics.json in <outdir>/test),
+    print the result, and fly the spherical-path videos. `facts` (iters, backend, ...) are added to the metrics."""
+    metrics = evaluate_split(render_fn, scene.splits["test"], Path(outdir) / "test", n_views=n_test_views or None,
+                             background=background, near=scene.near, far=scene.far)
+    metrics.update(scene=scene.name, **facts)
+    write_json(Path(outdir) / "test" / "metrics.json", metrics)
+    print(f"test: PSNR {metrics['mean_psnr']:.2f} dB, SSIM {metrics['mean_ssim']:.4f} "
+          f"over {len(metrics['views'])} views -> {Path(outdir) / 'test'}")
+    if video_frames > 0:
+        videos = render_path_videos(render_fn, scene, Path(outdir), video_frames)
+        print("videos: " + ", ".join(str(v) for v in videos))
+    return metrics

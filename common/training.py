@@ -166,6 +166,27 @@ class TrainLog:
         os.replace(tmp, self.csv_path)  # a crash while rewriting keeps the previous file
 
 
+def decayed_learning_rate(lr: float, lr_final: float, step: int, iters: int, elapsed_s: float = 0.0,
+                          time_budget_s: float = 0.0) -> float:
+    """Exponential decay from lr (step 0) to lr_final (the last step): lr * (lr_final / lr)^progress (NeRF Sec. 5.3,
+    Instant-NGP Sec. 4). progress = step / iters, or the fraction of a time budget spent if that is further along,
+    so that a run cut short by --time_budget_s still ends on the small learning rate."""
+    progress = step / max(iters, 1)
+    if time_budget_s > 0:
+        progress = max(progress, elapsed_s / time_budget_s)
+    return lr * (lr_final / lr) ** min(progress, 1.0)
+
+
+def exit_interrupted(log: "TrainLog", step: int, outdir, script: str) -> None:
+    """After Ctrl-C: close the log, say where the run stands and how to continue, exit with status 130."""
+    from common.checkpoints import latest_checkpoint
+
+    log.close()
+    print(f"\ninterrupted at step {step}; last checkpoint: {latest_checkpoint(outdir)}; continue with: "
+          f"python {script} --resume --outdir {outdir}")
+    raise SystemExit(130)
+
+
 class GracefulInterrupt:
     """Ctrl-C during training asks the loop to stop after the current step, so that the checkpoint written
     then holds a consistent state (a step is never half-applied) and nothing completed is lost.

@@ -101,3 +101,15 @@ def test_write_json_and_save_config(tmp_path):
     config = save_config(tmp_path, _Config(outdir=Path("runs/a"), iters=3))
     assert config == tmp_path / "config.json"
     assert json.loads(config.read_text()) == {"scene": "builtin", "outdir": "runs/a", "iters": 3}
+
+
+def test_decayed_learning_rate_is_exponential_in_steps_or_in_the_time_budget():
+    from common.training import decayed_learning_rate
+
+    assert decayed_learning_rate(1e-2, 1e-4, 0, 100) == pytest.approx(1e-2)
+    assert decayed_learning_rate(1e-2, 1e-4, 50, 100) == pytest.approx(1e-3)  # the geometric mean half-way
+    assert decayed_learning_rate(1e-2, 1e-4, 100, 100) == pytest.approx(1e-4)
+    assert decayed_learning_rate(1e-2, 1e-4, 500, 100) == pytest.approx(1e-4)  # never below lr_final
+    # With a time budget, whichever of steps and seconds is further along sets the rate.
+    assert decayed_learning_rate(1e-2, 1e-4, 10, 100, elapsed_s=30, time_budget_s=60) == pytest.approx(1e-3)
+    assert decayed_learning_rate(1e-2, 1e-4, 50, 100, elapsed_s=1, time_budget_s=60) == pytest.approx(1e-3)
