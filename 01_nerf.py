@@ -23,7 +23,6 @@ Glossary of shapes: R rays in a batch, S samples per ray, N = R*S packed samples
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from common.cli import RunConfig, default_outdir, parse_config, resolve_device, 
 from common.datasets import composite_on_background, load_scene
 from common.errors import UserError
 from common.evaluation import evaluate_split, final_evaluation
+from common.metrics import mse_to_psnr
 from common.rays import sample_ray_batch
 from common.training import (GracefulInterrupt, TrainLog, decayed_learning_rate, exit_interrupted, save_config,
                              seed_everything)
@@ -297,7 +297,7 @@ def train(cfg: Config) -> dict:
 
                 out_of_time = cfg.time_budget_s > 0 and log.elapsed() >= cfg.time_budget_s
                 stopping = step == cfg.iters or out_of_time or interrupt.requested
-                log.step(step, loss=loss.item(), psnr=-10.0 * math.log10(max(loss_fine.item(), 1e-10)), lr=lr,
+                log.step(step, loss=loss.item(), psnr=mse_to_psnr(loss_fine.item()), lr=lr,
                          write=step % cfg.log_every == 0 or stopping)
                 if cfg.eval_every and (step % cfg.eval_every == 0 or stopping):
                     with log.paused():  # evaluation time is not training time

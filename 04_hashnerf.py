@@ -23,7 +23,6 @@ Glossary of shapes: R rays, N packed samples (all rays' samples in one flat arra
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from common.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoi
 from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
 from common.datasets import background_color, composite_on_background, load_scene
 from common.evaluation import evaluate_split, final_evaluation
+from common.metrics import mse_to_psnr
 from common.numerics import trunc_exp
 from common.rays import sample_ray_batch
 from common.training import (GracefulInterrupt, TrainLog, decayed_learning_rate, exit_interrupted, save_config,
@@ -298,7 +298,7 @@ def train(cfg: Config) -> dict:
 
                 out_of_time = cfg.time_budget_s > 0 and log.elapsed() >= cfg.time_budget_s
                 stopping = step == cfg.iters or out_of_time or interrupt.requested
-                log.step(step, loss=loss.item(), psnr=-10.0 * math.log10(max(loss_rgb.item(), 1e-10)), lr=lr,
+                log.step(step, loss=loss.item(), psnr=mse_to_psnr(loss_rgb.item()), lr=lr,
                          write=step % cfg.log_every == 0 or stopping,
                          samples_per_ray=round(out["n_samples"] / cfg.batch_rays, 2),
                          occupancy=round(grid.occupancy_fraction(), 4))
