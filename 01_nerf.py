@@ -17,7 +17,7 @@ sampling, the two hot loops, live in kernels/ as a PyTorch twin and a CUDA kerne
 Glossary of shapes: R rays in a batch, S samples per ray, N = R*S packed samples, C colour channels.
 
     python 01_nerf.py                     # built-in scene, CPU-friendly preset on a CPU, paper's on a GPU
-    python 01_nerf.py --quick             # about a minute on a laptop CPU
+    python 01_nerf.py --quick             # under 3 minutes on 2 CPU cores, 25 dB on the built-in scene
     python 01_nerf.py --scene lego        # the real Blender scene from data/nerf_synthetic/lego
     python 01_nerf.py --resume            # continue the last run in the same output folder
 """
