@@ -54,7 +54,8 @@ def _train_args(outdir, iters):
             *NO_VIDEO]
 
 
-def test_hashnerf_ctrl_c_then_resume_matches_an_uninterrupted_run(hashnerf_script, tmp_path, monkeypatch):
+def test_hashnerf_ctrl_c_then_resume_matches_an_uninterrupted_run(hashnerf_script, tmp_path, monkeypatch,
+                                                                single_thread):
     hashnerf_script.main(_train_args(tmp_path / "straight", 8))
     reference = torch.load(tmp_path / "straight" / "ckpt_000008.pt", weights_only=False)
 
