@@ -106,9 +106,9 @@ def background_color(kind: str, shape, generator: torch.Generator | None = None,
 
 def _missing_data_message(scene: str, transforms: Path) -> str:
     return (
-        f"{transforms} not found: download nerf_synthetic.zip from the NeRF authors' data link "
-        f"(see README, 'Getting the data') and unzip it so that data/nerf_synthetic/{scene}/transforms_train.json "
-        f"exists, or pass --datadir"
+        f"{transforms} not found: download nerf_synthetic.zip from the NeRF authors' folder "
+        f"https://drive.google.com/drive/folders/128yBriW1IG_3NJ5Rp7APSTZsJqdJdfc1 (README, 'Getting the data') "
+        f"and unzip it so that data/nerf_synthetic/{scene}/transforms_train.json exists, or pass --datadir"
     )
 
 

@@ -17,8 +17,9 @@ from common.datasets import (
 from common.errors import UserError
 
 LEGO_HOWTO = (
-    "download nerf_synthetic.zip from the NeRF authors' data link (see README, 'Getting the data') and unzip it "
-    "so that data/nerf_synthetic/lego/transforms_train.json exists, or pass --datadir"
+    "download nerf_synthetic.zip from the NeRF authors' folder "
+    "https://drive.google.com/drive/folders/128yBriW1IG_3NJ5Rp7APSTZsJqdJdfc1 (README, 'Getting the data') and unzip "
+    "it so that data/nerf_synthetic/lego/transforms_train.json exists, or pass --datadir"
 )
 
 
