@@ -81,3 +81,13 @@ def test_hashnerf_ctrl_c_then_resume_matches_an_uninterrupted_run(hashnerf_scrip
     for group in ("field", "grid"):
         for name, tensor in reference[group].items():
             torch.testing.assert_close(resumed[group][name], tensor, rtol=0, atol=0, msg=f"{group}.{name}")
+
+
+@pytest.mark.slow
+def test_hashnerf_trains_on_the_emulated_cuda_sources_too(hashnerf_script, tmp_path):
+    """The whole training loop on the .cu kernels (compiled for the CPU): hash encoding forward and backward,
+    marching, grid updates and compositing, as a GPU would run them."""
+    metrics = hashnerf_script.main(["--quick", "--outdir", str(tmp_path), "--device", "cpu", "--backend", "emulated",
+                                    "--n_test_views", "4", *NO_VIDEO])
+    assert metrics["backend"] == "emulated"
+    assert metrics["mean_psnr"] >= 26.0, metrics
