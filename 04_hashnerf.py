@@ -211,10 +211,10 @@ def train(cfg: Config) -> dict:
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
     outdir = Path(cfg.outdir or default_outdir("04_hashnerf", cfg.scene))
-    outdir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
 
     scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale)
+    outdir.mkdir(parents=True, exist_ok=True)  # only once the data is there: a failed start leaves no empty folder
     train_split = scene.splits["train"]
     aabb = scene.aabb.to(device)
     test_background = 1.0 if scene.white_background else 0.0
