@@ -278,7 +278,7 @@ def train(cfg: Config) -> dict:
                 rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator,
                                                           precrop_fraction=precrop)
                 rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
-                target_rgb = composite_on_background(target, background) if target.shape[-1] == 4 else target
+                target_rgb = composite_on_background(target, background)  # RGBA over white; RGB as it is
 
                 out = render_rays(coarse, fine, rays_o, rays_d, scene.near, scene.far, cfg, backend, background,
                                   perturb=True, generator=generator)

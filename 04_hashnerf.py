@@ -298,10 +298,11 @@ def train(cfg: Config) -> dict:
 
                 out_of_time = cfg.time_budget_s > 0 and log.elapsed() >= cfg.time_budget_s
                 stopping = step == cfg.iters or out_of_time or interrupt.requested
-                log.step(step, loss=loss.item(), psnr=mse_to_psnr(loss_rgb.item()), lr=lr,
-                         write=step % cfg.log_every == 0 or stopping,
-                         samples_per_ray=round(out["n_samples"] / cfg.batch_rays, 2),
-                         occupancy=round(grid.occupancy_fraction(), 4))
+                write_row = step % cfg.log_every == 0 or stopping
+                # Marching statistics go to the CSV rows only (counting occupied cells unpacks the whole grid).
+                stats = dict(samples_per_ray=round(out["n_samples"] / cfg.batch_rays, 2),
+                             occupancy=round(grid.occupancy_fraction(), 4)) if write_row else {}
+                log.step(step, loss=loss.item(), psnr=mse_to_psnr(loss_rgb.item()), lr=lr, write=write_row, **stats)
                 if cfg.eval_every and (step % cfg.eval_every == 0 or stopping):
                     with log.paused():  # evaluation time is not training time
                         val = evaluate_split(make_image_renderer(field_, grid, cfg, backend, test_background, device),

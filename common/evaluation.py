@@ -35,12 +35,13 @@ def view_indices(n_total: int, n_views: int | None) -> list[int]:
 
 def evaluate_split(render_fn, split: Split, outdir: Path | None, n_views: int | None = None,
                    background: float = 1.0, near: float | None = None, far: float | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, **facts) -> dict:
     """Render views of a held-out split and score them with PSNR and SSIM against the ground truth.
 
     Ground truth with an alpha channel is composited over `background` (white for the Blender protocol).
     With `outdir`, writes per view `rgb_XXX.png`, `depth_XXX.png` and `gt_XXX.png`, and `metrics.json`.
-    Returns {'mean_psnr', 'mean_ssim', 'views': [{'file', 'psnr', 'ssim'}, ...]}.
+    Returns {'split', 'mean_psnr', 'mean_ssim', 'views': [{'file', 'psnr', 'ssim'}, ...]} plus the keyword
+    `facts` (scene, backend, ...), which are recorded in metrics.json too.
     """
     cams = split.cameras
     if outdir is not None:
@@ -62,7 +63,7 @@ def evaluate_split(render_fn, split: Split, outdir: Path | None, n_views: int | 
     metrics = dict(split=split.name,
                    mean_psnr=float(np.mean([v["psnr"] for v in views])),
                    mean_ssim=float(np.mean([v["ssim"] for v in views])),
-                   views=views)
+                   views=views, **facts)
     if outdir is not None:
         write_json(Path(outdir) / "metrics.json", metrics)
     return metrics
@@ -89,9 +90,7 @@ def final_evaluation(render_fn, scene: Scene, outdir: Path, n_test_views: int, v
     """What every script does after training: score the test views (pictures and metrics.json in <outdir>/test),
     print the result, and fly the spherical-path videos. `facts` (iters, backend, ...) are added to the metrics."""
     metrics = evaluate_split(render_fn, scene.splits["test"], Path(outdir) / "test", n_views=n_test_views or None,
-                             background=background, near=scene.near, far=scene.far)
-    metrics.update(scene=scene.name, **facts)
-    write_json(Path(outdir) / "test" / "metrics.json", metrics)
+                             background=background, near=scene.near, far=scene.far, scene=scene.name, **facts)
     print(f"test: PSNR {metrics['mean_psnr']:.2f} dB, SSIM {metrics['mean_ssim']:.4f} "
           f"over {len(metrics['views'])} views -> {Path(outdir) / 'test'}")
     if video_frames > 0:

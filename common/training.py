@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.checkpoints import latest_checkpoint
+
 LOG_COLUMNS = ("step", "loss", "psnr", "lr", "elapsed_s")
 
 
@@ -179,8 +181,6 @@ def decayed_learning_rate(lr: float, lr_final: float, step: int, iters: int, ela
 
 def exit_interrupted(log: "TrainLog", step: int, outdir, script: str) -> None:
     """After Ctrl-C: close the log, say where the run stands and how to continue, exit with status 130."""
-    from common.checkpoints import latest_checkpoint
-
     log.close()
     print(f"\ninterrupted at step {step}; last checkpoint: {latest_checkpoint(outdir)}; continue with: "
           f"python {script} --resume --outdir {outdir}")

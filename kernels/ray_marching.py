@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from kernels import backend as kernel_backend
+from kernels.compositing import starts_from_counts
 
 MODULE = "ray_marching"  # kernels/ray_marching.cu
 TWIN_CHUNK_ELEMENTS = 1 << 22  # the twin handles R * K_max lattice points in chunks of rays of about this size
@@ -170,13 +171,7 @@ def march_rays_torch(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Ten
         return torch.zeros(0, dtype=torch.int32, device=device), torch.zeros(0, dtype=torch.int32, device=device), \
             empty, empty.clone()
     ray_counts = torch.cat(counts).to(torch.int32)  # (R,)
-    return _starts_from_counts(ray_counts), ray_counts, torch.cat(t_starts), torch.cat(t_ends)
-
-
-def _starts_from_counts(ray_counts: torch.Tensor) -> torch.Tensor:
-    """Exclusive cumsum: ray_starts[r] = sum_{q<r} ray_counts[q]. (R,) int32 -> (R,) int32."""
-    counts = ray_counts.to(torch.int64)
-    return (torch.cumsum(counts, dim=0) - counts).to(torch.int32)
+    return starts_from_counts(ray_counts), ray_counts, torch.cat(t_starts), torch.cat(t_ends)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -248,7 +243,7 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Tensor, b
     ray_counts = torch.zeros(n_rays, dtype=torch.int32, device=rays_o.device)  # (R,)
     kernel_backend.launch(MODULE, "march_rays_count", n_rays,
                           (rays_o, rays_d, offsets, aabb, bitfield, *settings, ray_counts), backend)
-    ray_starts = _starts_from_counts(ray_counts)  # (R,)
+    ray_starts = starts_from_counts(ray_counts)  # (R,)
     n_samples = int(ray_counts.sum().item())  # the one synchronisation: the size of the packed arrays
     t_starts = torch.empty(n_samples, dtype=torch.float32, device=rays_o.device)  # (N,)
     t_ends = torch.empty(n_samples, dtype=torch.float32, device=rays_o.device)  # (N,)

@@ -1,5 +1,7 @@
 """Numbered scripts start with a digit, so they are loaded with importlib (as the notebooks do)."""
 import importlib
+import os
+import signal
 
 import pytest
 
@@ -25,3 +27,29 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def run_with_ctrl_c():
+    """run(script, argv, step) runs script.main(argv) and sends a real SIGINT (Ctrl-C) while step `step` is
+    being computed (when its ray batch is drawn). Returns (the SystemExit status, the batches drawn)."""
+
+    def run(script, argv, step):
+        real_sample = script.sample_ray_batch
+        calls = []
+
+        def sample_then_ctrl_c(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == step:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real_sample(*args, **kwargs)
+
+        script.sample_ray_batch = sample_then_ctrl_c
+        try:
+            with pytest.raises(SystemExit) as exit_info:
+                script.main(argv)
+        finally:
+            script.sample_ray_batch = real_sample
+        return exit_info.value.code, len(calls)
+
+    return run

@@ -1,7 +1,5 @@
 """01_nerf.py end to end: it learns the built-in scene, and an interrupted run resumes without losing work."""
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -47,25 +45,13 @@ def straight_run(nerf_script, tmp_path_factory):
 
 
 def test_nerf_ctrl_c_saves_the_current_step_and_resume_matches_an_uninterrupted_run(
-        nerf_script, straight_run, tmp_path, monkeypatch):
+        nerf_script, straight_run, tmp_path, run_with_ctrl_c):
     # Ctrl-C (a real SIGINT) arrives while step 7 is being computed: the run finishes step 7, writes its
     # checkpoint (between the regular ones at 5 and 10) and exits with status 130.
-    real_sample = nerf_script.sample_ray_batch
-    calls = []
-
-    def sample_then_ctrl_c(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 7:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_sample(*args, **kwargs)
-
-    monkeypatch.setattr(nerf_script, "sample_ray_batch", sample_then_ctrl_c)
-    with pytest.raises(SystemExit) as exit_info:
-        nerf_script.main(_train_args(tmp_path, 10))
-    assert exit_info.value.code == 130
-    assert len(calls) == 7
+    status, batches_drawn = run_with_ctrl_c(nerf_script, _train_args(tmp_path, 10), step=7)
+    assert status == 130
+    assert batches_drawn == 7
     assert (tmp_path / "ckpt_000007.pt").exists() and not (tmp_path / "ckpt_000010.pt").exists()
-    monkeypatch.setattr(nerf_script, "sample_ray_batch", real_sample)
 
     # Resumed: continues at step 8, ends at 10 with exactly the weights of the uninterrupted run (same data
     # order and optimiser state), keeps the earlier checkpoints, and the log has each step once.

@@ -1,8 +1,6 @@
 """04_hashnerf.py end to end on the PyTorch twins: it learns the built-in scene, carves the occupancy grid where
 the scene is empty, and resumes exactly."""
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -54,26 +52,14 @@ def _train_args(outdir, iters):
             *NO_VIDEO]
 
 
-def test_hashnerf_ctrl_c_then_resume_matches_an_uninterrupted_run(hashnerf_script, tmp_path, monkeypatch,
+def test_hashnerf_ctrl_c_then_resume_matches_an_uninterrupted_run(hashnerf_script, tmp_path, run_with_ctrl_c,
                                                                 single_thread):
     hashnerf_script.main(_train_args(tmp_path / "straight", 8))
     reference = torch.load(tmp_path / "straight" / "ckpt_000008.pt", weights_only=False)
 
-    real_sample = hashnerf_script.sample_ray_batch
-    calls = []
-
-    def sample_then_ctrl_c(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_sample(*args, **kwargs)
-
-    monkeypatch.setattr(hashnerf_script, "sample_ray_batch", sample_then_ctrl_c)
-    with pytest.raises(SystemExit) as exit_info:
-        hashnerf_script.main(_train_args(tmp_path / "resumed", 8))
-    assert exit_info.value.code == 130
+    status, _ = run_with_ctrl_c(hashnerf_script, _train_args(tmp_path / "resumed", 8), step=5)
+    assert status == 130
     assert (tmp_path / "resumed" / "ckpt_000005.pt").exists()
-    monkeypatch.setattr(hashnerf_script, "sample_ray_batch", real_sample)
 
     hashnerf_script.main(_train_args(tmp_path / "resumed", 8) + ["--resume"])
     resumed = torch.load(tmp_path / "resumed" / "ckpt_000008.pt", weights_only=False)
