@@ -20,6 +20,7 @@ import torch
 
 from common.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from common.errors import UserError
+from common.paths import load_camera_path
 
 LOG_COLUMNS = ("step", "loss", "psnr", "lr", "elapsed_s")
 
@@ -214,6 +215,8 @@ class TrainingRun:
 
     # -- context: the interrupt handlers are installed for the whole run and removed on every exit path --
     def __enter__(self):
+        if self.cfg.camera_path:  # a bad pose file fails now, not after hours of training
+            load_camera_path(self.cfg.camera_path)
         self.outdir.mkdir(parents=True, exist_ok=True)
         self._interrupt.__enter__()
         return self
@@ -234,6 +237,13 @@ class TrainingRun:
         """Resume if asked, then yield the steps start+1 .. cfg.iters, stopping early as described above."""
         cfg = self.cfg
         print(self.summary)
+        if cfg.render_only:  # a trained model, no training: load it and yield no step
+            path = latest_checkpoint(self.outdir)
+            state = load_checkpoint(path, map_location="cpu")
+            self.load_state(state)
+            self.step = int(state["step"])
+            print(f"--render_only: the model of {path} (step {self.step})")
+            return
         start = 0
         resume_from = latest_checkpoint(self.outdir) if cfg.resume else None
         if resume_from is not None:
@@ -305,11 +315,39 @@ class TrainingRun:
         raise SystemExit(130)
 
 
+# What --render_only takes from today's command line; every other setting comes from the checkpoint's config.
+RENDER_SETTINGS = ("outdir", "datadir", "device", "backend", "chunk", "n_test_views", "video_frames",
+                   "render_only", "camera_path")
+
+
+def config_for_rendering(cfg, script: str):
+    """--render_only: the model must be rebuilt exactly as it was trained, so the Config comes from the saved
+    config of the latest checkpoint in cfg.outdir (today's defaults or preset may differ), keeping only the
+    RENDER_SETTINGS of the command line. Returns a new Config; UserError if there is no checkpoint or it was
+    written by another script."""
+    if not cfg.outdir:
+        raise UserError("--render_only needs --outdir: the run folder whose latest checkpoint to render")
+    path = latest_checkpoint(cfg.outdir)
+    if path is None:
+        raise UserError(f"--render_only: no checkpoint (ckpt_*.pt) in {cfg.outdir}: train first, or pass the "
+                        f"--outdir of a finished run")
+    state = load_checkpoint(path, map_location="cpu")
+    if state.get("script", script) != script:
+        raise UserError(f"--render_only: {path} was written by {state['script']}.py, not {script}.py: "
+                        f"run python {state['script']}.py --render_only --outdir {cfg.outdir}")
+    saved = dict(state["config"])
+    known = {f.name for f in dataclasses.fields(cfg)}
+    saved = {key: value for key, value in saved.items() if key in known}
+    saved.update({key: getattr(cfg, key) for key in RENDER_SETTINGS})
+    return dataclasses.replace(cfg, **saved)
+
+
 def decayed_learning_rate(lr: float, lr_final: float, step: int, iters: int, elapsed_s: float = 0.0,
                           time_budget_s: float = 0.0) -> float:
-    """Exponential decay from lr (step 0) to lr_final (the last step): lr * (lr_final / lr)^progress (NeRF Sec. 5.3,
-    Instant-NGP Sec. 4). progress = step / iters, or the fraction of a time budget spent if that is further along,
-    so that a run cut short by --time_budget_s still ends on the small learning rate."""
+    """Exponential decay from lr (step 0) to lr_final (the last step): lr * (lr_final / lr)^progress (NeRF
+    Sec. 5.3; 04 uses it too, where Instant-NGP steps the rate down instead). progress = step / iters, or the
+    fraction of a time budget spent if that is further along, so that a run cut short by --time_budget_s still
+    ends on the small learning rate."""
     progress = step / max(iters, 1)
     if time_budget_s > 0:
         progress = max(progress, elapsed_s / time_budget_s)
