@@ -37,7 +37,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
 from common.datasets import composite_on_background, load_scene
 from common.errors import UserError
@@ -46,9 +45,9 @@ from common.mesh import marching_cubes, sample_grid, write_ply
 from common.metrics import mse_to_psnr
 from common.multiscale import build_multiscale, evaluate_levels, levels_of, load_multiscale, sample_pixels
 from common.numerics import DIVISION_EPS, safe_normalize
-from common.paths import spherical_path
+from common.paths import load_camera_path, spherical_path
 from common.rays import rays_through_pixels
-from common.training import GracefulInterrupt, TrainLog, exit_interrupted, save_config, seed_everything
+from common.training import TrainingRun, config_for_rendering, seed_everything
 from common.video import colorize_depth, write_video
 from kernels import starts_from_counts
 from kernels.backend import resolve_backend
@@ -373,114 +372,87 @@ def load_data(cfg: Config, outdir: Path):
     """The scene: a Blender scene (or the built-in one), its multiscale version (built once, cached), a folder in
     the multiscale layout (metadata.json) or an LLFF capture."""
     if not cfg.multiscale:
-        return load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale, llff_factor=cfg.llff_factor)
+        return load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale, gt_protocol=cfg.gt_protocol,
+                          llff_factor=cfg.llff_factor)
     base = load_scene(cfg.scene, cfg.datadir, max_images=1, llff_factor=cfg.llff_factor)  # finds the folder only
     if isinstance(base, ForwardFacingScene):
         raise UserError("--multiscale builds from a Blender scene; LLFF captures are single-scale: drop --multiscale")
     if hasattr(base, "levels"):  # already multiscale (metadata.json)
         return load_multiscale(base.root)
-    suffix = f"_x{cfg.downscale}" if cfg.downscale > 1 else ""
+    suffix = (f"_x{cfg.downscale}" if cfg.downscale > 1 else "") + ("_straight" if cfg.gt_protocol == "straight" else "")
     cache = Path(cfg.multiscale_dir) if cfg.multiscale_dir else outdir.parent / f"{base.name}{suffix}_multiscale"
     print(f"multiscale data: {cache}")
-    return load_multiscale(build_multiscale(base.root, cache, downscale=cfg.downscale))
+    return load_multiscale(build_multiscale(base.root, cache, downscale=cfg.downscale, protocol=cfg.gt_protocol))
 
 
 def train(cfg: Config) -> dict:
     """Train the one MLP; evaluate every scale of the test split; write pictures, videos (and a mesh). Returns the metrics."""
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
-    outdir = Path(cfg.outdir or default_outdir("02_mipnerf", Path(cfg.scene).name + ("_ms" if cfg.multiscale else "")))
+    cfg.outdir = str(cfg.outdir or default_outdir("02_mipnerf", Path(cfg.scene).name + ("_ms" if cfg.multiscale else "")))
     seed_everything(cfg.seed)
     if cfg.ray_shape not in ("auto", "cone", "cylinder"):
         raise UserError(f"--ray_shape must be cone, cylinder or auto, got {cfg.ray_shape!r}")
-
-    scene = load_data(cfg, outdir)
+    scene = load_data(cfg, Path(cfg.outdir))
     ndc_near = scene.ndc_near if isinstance(scene, ForwardFacingScene) else None
     if cfg.export_mesh and ndc_near is not None:
         raise UserError("--export_mesh needs an object scene in a box; a forward-facing scene lives in NDC: drop it")
     ray_shape = cfg.ray_shape if cfg.ray_shape != "auto" else ("cylinder" if ndc_near is not None else "cone")
     noise_std = cfg.density_noise if cfg.density_noise >= 0 else (1.0 if ndc_near is not None else 0.0)
-    outdir.mkdir(parents=True, exist_ok=True)  # only once the data is there: a failed start leaves no empty folder
-    train_levels = levels_of(scene, "train")
+    train_levels = levels_of(scene, "train")  # one level, or the four scales of a multiscale scene
     background = 1.0 if scene.white_background else 0.0
 
     mlp = MipMLP(cfg).to(device)
-    optimizer = torch.optim.Adam(mlp.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)  # flax's defaults
+    params = list(mlp.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)  # flax's defaults
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.mixed_precision and device.type == "cuda")
     generator = torch.Generator().manual_seed(cfg.seed)  # CPU generator: the same rays on every device
+    render_view_fn = make_view_renderer(mlp, scene, cfg, backend, ray_shape, device)
 
-    start_step = 0
-    resume_from = latest_checkpoint(outdir) if cfg.resume else None
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=device)
+    def save_state() -> dict:
+        return dict(mlp=mlp.state_dict(), optimizer=optimizer.state_dict(), generator=generator.get_state())
+
+    def load_state(state: dict) -> None:
         mlp.load_state_dict(state["mlp"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        start_step = state["step"]
-        print(f"resuming from {resume_from} at step {start_step}")
-    elif cfg.resume:
-        print(f"--resume: no checkpoint in {outdir}, starting from step 0")
-    save_config(outdir, cfg)
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(checkpoint_path(outdir, step),
-                        dict(step=step, mlp=mlp.state_dict(), optimizer=optimizer.state_dict(),
-                             generator=generator.get_state(), config=vars(cfg)))
+    def validate() -> float:
+        return evaluate_levels(render_view_fn, levels_of(scene, "val")[:1], None, n_views=1, background=background,
+                               progress=False)["mean_psnr"]
 
-    log = TrainLog(outdir, total_steps=cfg.iters, start_step=start_step, desc=f"02_mipnerf {scene.name}")
-    step = start_step  # the last completed step
-    try:
-        with GracefulInterrupt() as interrupt:
-            for step_to_do in range(start_step + 1, cfg.iters + 1):
-                batch = sample_pixels(train_levels, cfg.batch_rays, generator)  # pixels of every scale
-                origins, directions, viewdirs, radii = cast_pixel_rays(batch["K"], batch["c2w"], batch["u"],
-                                                                       batch["v"], ndc_near)
-                rays = {k: t.to(device) for k, t in
-                        dict(origins=origins, directions=directions, viewdirs=viewdirs, radii=radii).items()}
-                target = composite_on_background(batch["target"], background).to(device)  # RGBA over white
-                lossmult = batch["lossmult"].to(device) if cfg.multiscale_loss else torch.ones(cfg.batch_rays, device=device)
+    # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
+    with TrainingRun(cfg, "02_mipnerf", scene, device, backend, save_state, load_state, validate) as run:
+        for step in run.steps():
+            batch = sample_pixels(train_levels, cfg.batch_rays, generator)  # pixels of every scale
+            origins, directions, viewdirs, radii = cast_pixel_rays(batch["K"], batch["c2w"], batch["u"], batch["v"],
+                                                                   ndc_near)
+            rays = {key: value.to(device) for key, value in
+                    dict(origins=origins, directions=directions, viewdirs=viewdirs, radii=radii).items()}
+            target = composite_on_background(batch["target"], background).to(device)  # RGBA over white
+            lossmult = batch["lossmult"].to(device) if cfg.multiscale_loss else torch.ones(cfg.batch_rays, device=device)
 
-                out = render_rays(mlp, rays, scene.near, scene.far, cfg, backend, ray_shape, background,
-                                  randomized=True, noise_std=noise_std, generator=generator)
-                # Sec. 3.2: lambda * coarse loss + fine loss, lambda = 0.1.
-                loss_fine = weighted_mse(out["rgb"], target, lossmult)
-                loss = cfg.coarse_loss_mult * weighted_mse(out["rgb_coarse"], target, lossmult) + loss_fine
+            out = render_rays(mlp, rays, scene.near, scene.far, cfg, backend, ray_shape, background,
+                              randomized=True, noise_std=noise_std, generator=generator)
+            # Sec. 3.2: lambda * coarse loss + fine loss, lambda = 0.1.
+            loss_fine = weighted_mse(out["rgb"], target, lossmult)
+            loss = cfg.coarse_loss_mult * weighted_mse(out["rgb_coarse"], target, lossmult) + loss_fine
 
-                lr = learning_rate(cfg, step_to_do, log.elapsed())
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step = step_to_do
+            lr = learning_rate(cfg, step, run.elapsed())
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            run.check_finite(step, loss, params, check_grads=not scaler.is_enabled())
+            scaler.step(optimizer)
+            scaler.update()
+            run.log(step, loss=loss.item(), psnr=mse_to_psnr(loss_fine.item()), lr=lr)
 
-                out_of_time = cfg.time_budget_s > 0 and log.elapsed() >= cfg.time_budget_s
-                stopping = step == cfg.iters or out_of_time or interrupt.requested
-                log.step(step, loss=loss.item(), psnr=mse_to_psnr(loss_fine.item()), lr=lr,
-                         write=step % cfg.log_every == 0 or stopping)
-                if cfg.eval_every and (step % cfg.eval_every == 0 or stopping):
-                    with log.paused():  # evaluation time is not training time
-                        val = evaluate_levels(make_view_renderer(mlp, scene, cfg, backend, ray_shape, device),
-                                              levels_of(scene, "val")[:1], None, n_views=1, background=background,
-                                              progress=False)
-                    log.note(step, val_psnr=round(val["mean_psnr"], 3))
-                if step % cfg.ckpt_every == 0 or stopping:
-                    checkpoint(step)
-                if interrupt.requested:
-                    raise KeyboardInterrupt
-                if out_of_time:
-                    log.write(f"time budget of {cfg.time_budget_s:g} s reached at step {step}")
-                    break
-    except KeyboardInterrupt:
-        exit_interrupted(log, step, outdir, "02_mipnerf.py")
-    log.close()
-
-    render_view_fn = make_view_renderer(mlp, scene, cfg, backend, ray_shape, device)
-    metrics = evaluate(render_view_fn, scene, outdir, cfg, iters=step, backend=backend, device=str(device),
+    outdir = Path(cfg.outdir)
+    metrics = evaluate(render_view_fn, scene, outdir, cfg, iters=run.step, backend=backend, device=str(device),
                        preset=cfg.preset)
-    if cfg.video_frames > 0:
-        videos = render_videos(render_view_fn, scene, outdir, cfg.video_frames)
+    if cfg.video_frames > 0 or cfg.camera_path:
+        videos = render_videos(render_view_fn, scene, outdir, cfg.video_frames, cfg.camera_path)
         print("videos: " + ", ".join(str(v) for v in videos))
     if cfg.export_mesh:
         metrics["mesh"] = str(export_mesh(mlp, scene, outdir, cfg, device))
@@ -540,14 +512,23 @@ def normals_from_depth(points: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
     return normals @ c2w[:3, :3]  # (H, W, 3) world -> camera: R^T n, written n^T R
 
 
-def render_videos(render_view_fn, scene, outdir: Path, n_frames: int) -> list[Path]:
+def render_videos(render_view_fn, scene, outdir: Path, n_frames: int, camera_path: str | None = None) -> list[Path]:
     """Colour, depth and normal videos: a spherical path around an object scene (at the training cameras' mean
-    radius, 30 degrees up), a spiral for a forward-facing one (common/llff.py)."""
-    train_split = levels_of(scene, "train")[0].split
-    cams = train_split.cameras
+    radius, 30 degrees up), a spiral for a forward-facing one (common/llff.py); also along --camera_path if given."""
+    cams = levels_of(scene, "train")[0].split.cameras
     is_ndc = isinstance(scene, ForwardFacingScene)
-    poses = spiral_poses(scene, n_frames) if is_ndc else \
-        spherical_path(n_frames, radius=float(cams.c2w[:, :3, 3].norm(dim=-1).mean()))
+    paths = {}
+    if n_frames > 0:
+        paths["video"] = spiral_poses(scene, n_frames) if is_ndc else \
+            spherical_path(n_frames, radius=float(cams.c2w[:, :3, 3].norm(dim=-1).mean()))
+    if camera_path:
+        paths[f"video_{Path(camera_path).stem}"] = load_camera_path(camera_path)
+    return [video for name, poses in paths.items()
+            for video in render_path(render_view_fn, scene, poses, cams, outdir, name, is_ndc)]
+
+
+def render_path(render_view_fn, scene, poses, cams, outdir: Path, name: str, is_ndc: bool) -> list[Path]:
+    """Render the poses (T, 4, 4) with the first training camera's intrinsics: <name>_{rgb,depth,normals}.mp4."""
     frames = {"rgb": [], "depth": [], "normals": []}
     K, H, W = cams.K[0], cams.height, cams.width
     rows, cols = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
@@ -566,8 +547,8 @@ def render_videos(render_view_fn, scene, outdir: Path, n_frames: int) -> list[Pa
         frames["rgb"].append(out["rgb"].clamp(0, 1))
         frames["depth"].append(torch.as_tensor(depth_image))
         frames["normals"].append(torch.where(empty, torch.ones(3), 0.5 * normals + 0.5))  # n in [-1,1] -> colour
-    return [write_video(outdir / f"video_{name}.mp4", torch.stack(images).numpy(), fps=24)
-            for name, images in frames.items()]
+    return [write_video(outdir / f"{name}_{kind}.mp4", torch.stack(images).numpy(), fps=24)
+            for kind, images in frames.items()]
 
 
 def export_mesh(mlp: MipMLP, scene, outdir: Path, cfg: Config, device) -> Path:
@@ -593,6 +574,8 @@ def export_mesh(mlp: MipMLP, scene, outdir: Path, cfg: Config, device) -> Path:
 # ================================================================================================
 def main(argv=None) -> dict:
     cfg = parse_config(Config, argv, presets=PRESETS)
+    if cfg.render_only:  # rebuild the model from the checkpoint's own config, not from today's defaults
+        cfg = config_for_rendering(cfg, "02_mipnerf")
     return train(cfg)
 
 

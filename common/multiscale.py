@@ -15,9 +15,9 @@ pixels, so it weighs as much in the loss), pix2cam (the inverse intrinsics with 
 camera frame: [[1/fx, 0, -cx/fx], [0, -1/fy, cy/fy], [0, 0, -1]]).
 
 Where we differ from the public converter, on purpose:
-- levels are area averages of *premultiplied* RGBA (`common.datasets.downscale_area`), so that compositing on
-  white after downscaling equals downscaling the composited image; the converter averages straight RGBA, which
-  darkens or lightens silhouette pixels slightly;
+- by default, levels are area averages of *premultiplied* RGBA (`common.datasets.downscale_area`), so that
+  compositing on white after downscaling equals downscaling the composited image; the converter averages
+  straight RGBA (protocol="straight", --gt_protocol straight), which darkens silhouette pixels slightly;
 - 8-bit values are rounded (the converter truncates img * 255);
 - when a size is not divisible by 2^j the remainder is cropped and pix2cam keeps the true principal point
   (cx0 / 2^j); the converter writes W / 2 (identical whenever the size divides, as for 800 x 800 images).
@@ -79,18 +79,21 @@ def _pix2cam(K: np.ndarray) -> list:
 
 
 def build_multiscale(source, root, n_levels: int = N_LEVELS, downscale: int = 1, splits=SPLITS,
-                     near: float = 2.0, far: float = 6.0, progress: bool = True) -> Path:
+                     near: float = 2.0, far: float = 6.0, protocol: str = "premultiplied", progress: bool = True) -> Path:
     """Write the multiscale version of the Blender-layout scene `source` into `root` (layout: module docstring).
 
     downscale: reduce the source images by this factor first (area averaging), so that level 0 is the source at
     1 / downscale (a CPU-sized benchmark: lego 400 px -> 100, 50, 25, 12 px).
+    protocol: how RGBA is averaged, "premultiplied" (ours) or "straight" (the public converter's), see
+    `common.datasets.downscale_area`.
 
     Written once: if root/metadata.json exists and records the same source and number of levels (in
     root/multiscale_source.json), nothing is done. The stamp is written last, so an interrupted build is redone.
     Returns root.
     """
     source, root = Path(source), Path(root)
-    stamp = {"source": str(source.resolve()), "n_levels": n_levels, "downscale": downscale, "splits": list(splits)}
+    stamp = {"source": str(source.resolve()), "n_levels": n_levels, "downscale": downscale, "protocol": protocol,
+             "splits": list(splits)}
     stamp_path = root / "multiscale_source.json"
     if (root / "metadata.json").is_file() and stamp_path.is_file():
         try:
@@ -106,11 +109,11 @@ def build_multiscale(source, root, n_levels: int = N_LEVELS, downscale: int = 1,
             path = _image_path(source, frame["file_path"])
             if not path.is_file():
                 raise UserError(f"{source / f'transforms_{split}.json'} names {path}, which is missing: re-extract the scene")
-            full = downscale_area(_read_image(path), downscale)
+            full = downscale_area(_read_image(path), downscale, protocol)
             H0, W0 = full.shape[:2]
             focal0 = 0.5 * W0 / math.tan(0.5 * camera_angle_x)
             for j in range(n_levels):
-                image = downscale_area(full, 2 ** j)  # (H0 // 2^j, W0 // 2^j, C)
+                image = downscale_area(full, 2 ** j, protocol)  # (H0 // 2^j, W0 // 2^j, C)
                 name = f"images_{split}/{i:03d}_d{j}.png"
                 save_image(root / name, image)
                 K = np.array([[focal0, 0, 0.5 * W0], [0, focal0, 0.5 * H0], [0, 0, 2 ** j]]) / 2 ** j
