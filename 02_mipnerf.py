@@ -286,13 +286,28 @@ def blur_weights(weights: torch.Tensor, padding: float) -> torch.Tensor:
     return 0.5 * (maxes[:, :-1] + maxes[:, 1:]) + padding  # (R, S)
 
 
+def volume_render(sigma: torch.Tensor, rgb: torch.Tensor, t_vals: torch.Tensor,
+                  ray_norms: torch.Tensor) -> dict[str, torch.Tensor]:
+    """NeRF's Eq. 3 over the S intervals [t_i, t_{i+1}] of each ray. Unlike 01 there is no last interval to the
+    far plane: the S + 1 fence posts bound exactly S frustums. delta_i = (t_{i+1} - t_i) |d|.
+    sigma: (R, S); rgb: (R, S, 3); t_vals: (R, S+1); ray_norms: (R,) |d|.
+    Returns weights (R, S), opacity (R,), color (R, 3), depth (R,) = sum_i w_i (t_i + t_{i+1}) / 2."""
+    delta = (t_vals[:, 1:] - t_vals[:, :-1]) * ray_norms[:, None]  # (R, S)
+    alpha = 1.0 - torch.exp(-sigma * delta)  # (R, S)
+    optical_depth = torch.cumsum(sigma * delta, dim=-1)  # (R, S) sum_{j<=i}
+    trans = torch.exp(-torch.cat([torch.zeros_like(optical_depth[:, :1]), optical_depth[:, :-1]], dim=-1))  # (R, S)
+    weights = trans * alpha  # (R, S)
+    return dict(weights=weights, opacity=weights.sum(dim=-1), color=(weights[..., None] * rgb).sum(dim=1),
+                depth=(weights * 0.5 * (t_vals[:, 1:] + t_vals[:, :-1])).sum(dim=-1))
+
+
 def render_level(mlp: MipMLP, rays: dict, t_vals: torch.Tensor, cfg: Config, backend: str, ray_shape: str,
                  noise_std: float, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
     """Cast the intervals of t_vals (R, S+1) as Gaussians, query the MLP at them, composite (NeRF Eq. 3).
 
-    Interval i has length delta_i = (t_{i+1} - t_i) |d| in the units of the ray's space, so the optical depth
-    sigma_i delta_i is handed to the compositing kernel as (sigma_i |d|) (t_{i+1} - t_i): the kernel then works
-    in t and its depth output is sum_i w_i t_mid_i, the authors' "distance" before dividing by the opacity.
+    As in 01, --backend torch composites with the dense `volume_render` above and the other backends with the
+    packed kernel of kernels/compositing.py (the same numbers). The kernel takes delta = t_end - t_start, so |d|
+    is folded into sigma: (sigma_i |d|) (t_{i+1} - t_i); its depth output is then sum_i w_i t_mid_i too.
     """
     n_rays, n_samples = t_vals.shape[0], t_vals.shape[1] - 1
     t0, t1 = t_vals[:, :-1], t_vals[:, 1:]  # (R, S)
@@ -308,11 +323,15 @@ def render_level(mlp: MipMLP, rays: dict, t_vals: torch.Tensor, cfg: Config, bac
     use_amp = cfg.mixed_precision and mean.is_cuda
     with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
         rgb, sigma = mlp(mean.reshape(-1, 3), cov_diag.reshape(-1, 3), viewdirs.reshape(-1, 3), noise)  # (N,3),(N,)
-    d_norm = rays["directions"].norm(dim=-1, keepdim=True).expand(-1, n_samples)  # (R, S)
+    sigma = sigma.float().view(n_rays, n_samples)  # (R, S) rendering always in fp32
+    rgb = rgb.float().view(n_rays, n_samples, 3)  # (R, S, 3)
+    ray_norms = rays["directions"].norm(dim=-1)  # (R,)
+    if backend == "torch":
+        return volume_render(sigma, rgb, t_vals, ray_norms)
     counts = torch.full((n_rays,), n_samples, dtype=torch.int32, device=t_vals.device)  # (R,) every ray: S samples
     weights, opacity, color, depth = composite(
-        (sigma.float() * d_norm.reshape(-1)).contiguous(), rgb.float().contiguous(), t0.reshape(-1).contiguous(),
-        t1.reshape(-1).contiguous(), starts_from_counts(counts), counts, backend=backend)  # fp32 compositing
+        (sigma * ray_norms[:, None]).reshape(-1).contiguous(), rgb.reshape(-1, 3).contiguous(),
+        t0.reshape(-1).contiguous(), t1.reshape(-1).contiguous(), starts_from_counts(counts), counts, backend=backend)
     return dict(weights=weights.view(n_rays, n_samples), opacity=opacity, color=color, depth=depth)
 
 

@@ -1,6 +1,7 @@
 """02_mipnerf.py: the method's pieces against closed forms, and the script end to end on the built-in scene."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,3 +198,70 @@ def test_mipnerf_mesh_of_the_builtin_scene_lies_on_its_true_surface(quick_run):
     voxel = 3.0 / 63  # the Blender box [-1.5, 1.5]^3 at 64 nodes per axis
     distance = builtin_scene.sdf(torch.from_numpy(vertices)).abs()
     assert float(distance.median()) < voxel and float(torch.quantile(distance, 0.9)) < 2 * voxel
+
+
+def test_dense_volume_render_equals_the_packed_composite_kernel(mip):
+    from kernels import starts_from_counts
+    from kernels.compositing import composite
+
+    gen = torch.Generator().manual_seed(0)
+    t_vals = torch.sort(torch.rand(5, 9, generator=gen) * 4 + 2, dim=-1).values  # (R, S+1)
+    sigma, rgb = torch.rand(5, 8, generator=gen) * 3, torch.rand(5, 8, 3, generator=gen)
+    norms = 1 + torch.rand(5, generator=gen)
+    dense = mip.volume_render(sigma, rgb, t_vals, norms)
+    counts = torch.full((5,), 8, dtype=torch.int32)
+    weights, opacity, color, depth = composite((sigma * norms[:, None]).reshape(-1), rgb.reshape(-1, 3),
+                                               t_vals[:, :-1].reshape(-1).contiguous(),
+                                               t_vals[:, 1:].reshape(-1).contiguous(), starts_from_counts(counts),
+                                               counts, backend="torch")
+    torch.testing.assert_close(dense["weights"], weights.view(5, 8))
+    torch.testing.assert_close(dense["color"], color)
+    torch.testing.assert_close(dense["depth"], depth)
+
+
+def _train_args(outdir, iters):
+    # 25 x 25 images (--downscale 4) keep the final test render cheap; the training steps are the real ones.
+    return ["--quick", "--iters", str(iters), "--ckpt_every", "3", "--batch_rays", "128", "--outdir", str(outdir),
+            "--device", "cpu", "--backend", "torch", "--n_test_views", "1", "--downscale", "4", *NO_VIDEO]
+
+
+def test_mipnerf_ctrl_c_then_resume_matches_an_uninterrupted_run(mip, tmp_path, single_thread):
+    import os
+    import signal
+
+    mip.main(_train_args(tmp_path / "straight", 6))
+    straight = torch.load(tmp_path / "straight" / "ckpt_000006.pt", weights_only=False)
+
+    real_sample, calls = mip.sample_pixels, []
+
+    def sample_then_ctrl_c(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C while step 4 is being computed
+        return real_sample(*args, **kwargs)
+
+    mip.sample_pixels = sample_then_ctrl_c
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            mip.main(_train_args(tmp_path / "cut", 6))
+    finally:
+        mip.sample_pixels = real_sample
+    assert exit_info.value.code == 130 and (tmp_path / "cut" / "ckpt_000004.pt").exists()
+    mip.main(_train_args(tmp_path / "cut", 6) + ["--resume"])
+    resumed = torch.load(tmp_path / "cut" / "ckpt_000006.pt", weights_only=False)
+    for name, tensor in straight["mlp"].items():
+        torch.testing.assert_close(resumed["mlp"][name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_export_mesh_on_a_forward_facing_scene_is_a_one_line_error(mip, tmp_path, capsys):
+    from common.cli import run_main
+
+    fern = Path(__file__).resolve().parents[3] / "shared" / "data" / "nerf_llff_data" / "fern"
+    if not (fern / "poses_bounds.npy").exists():
+        pytest.skip("fern not found")
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: mip.main(["--scene", str(fern), "--llff_factor", "8", "--export_mesh",
+                                   "--outdir", str(tmp_path / "run")]))
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("error:") and "--export_mesh" in message and "\n" not in message
