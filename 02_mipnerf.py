@@ -92,7 +92,7 @@ class Config(RunConfig):
     lr_delay_steps: int = field(default=2500, metadata={"help": "sine warm-up length"})
     lr_delay_mult: float = field(default=0.01, metadata={"help": "the warm-up starts at lr * this"})
     coarse_loss_mult: float = field(default=0.1, metadata={"help": "weight of the coarse level's loss (lambda)"})
-    mixed_precision: bool = field(default=True, metadata={"help": "fp16 autocast for the MLP on a GPU (compositing stays fp32); unmeasured"})
+    mixed_precision: bool = field(default=False, metadata={"help": "fp16 autocast for the MLP on a GPU, compositing stays fp32 (the paper trains in fp32; unmeasured here)"})
     # --- outputs ---
     export_mesh: bool = field(default=False, metadata={"help": "write mesh.ply: marching cubes of the density in the scene box"})
     mesh_resolution: int = field(default=256, metadata={"help": "grid nodes per axis for --export_mesh"})
@@ -443,7 +443,9 @@ def train(cfg: Config) -> dict:
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
     with TrainingRun(cfg, "02_mipnerf", scene, device, backend, save_state, load_state, validate) as run:
         for step in run.steps():
-            batch = sample_pixels(train_levels, cfg.batch_rays, generator)  # pixels of every scale
+            # Rays from all pixels of all images (and scales) at once: the authors' batching for LLFF and multiscale
+            # data; for single-scale Blender they draw each batch from one image, we do not.
+            batch = sample_pixels(train_levels, cfg.batch_rays, generator)
             origins, directions, viewdirs, radii = cast_pixel_rays(batch["K"], batch["c2w"], batch["u"], batch["v"],
                                                                    ndc_near)
             rays = {key: value.to(device) for key, value in
