@@ -98,6 +98,37 @@ PRESETS = {
 # ================================================================================================
 # The field: hash encoding -> density MLP; spherical harmonics + features -> colour MLP (Sec. 5.4)
 # ================================================================================================
+def hash_grid_level(x: torch.Tensor, table: torch.Tensor, scale: float, resolution: int) -> torch.Tensor:
+    """One level of the multiresolution hash encoding (Sec. 3), written out to read; HashEncoding below runs all
+    L levels at once on the fast path (kernels/hash_encoding.py and .cu), and a test checks that level l of it
+    equals this function.
+
+    Eq. 2-3: the level's grid has scale_l = N_min b^l - 1 cells per unit (with tiny-cuda-nn's "- 1") and
+    resolution_l = ceil(scale_l) + 1 vertices per axis. The point sits at x * scale_l + 0.5 (tiny-cuda-nn's
+    half-vertex offset staggers the levels). Each of its cell's 8 vertices owns a row of the table: directly
+    (x + y res + z res^2) while res^3 fits in T rows, otherwise through the spatial hash of Eq. 4,
+    (x pi_1) XOR (y pi_2) XOR (z pi_3) mod T, where colliding vertices simply share a row (the gradient sorts
+    out which one matters). The 8 rows are blended trilinearly.
+    x: (N, 3) in [0, 1]; table: (T, F) with T a power of two. Returns (N, F).
+    """
+    n_rows = table.shape[0]
+    pos = x * scale + 0.5  # (N, 3) position in grid units
+    lower = torch.floor(pos)  # (N, 3) the cell's lowest vertex
+    frac = pos - lower  # (N, 3) where the point sits inside the cell, in [0, 1)
+    encoded = torch.zeros(x.shape[0], table.shape[1], dtype=table.dtype, device=x.device)  # (N, F)
+    for corner in ((0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 1), (1, 1, 1)):
+        offset = torch.tensor(corner, device=x.device)  # (3,)
+        vx, vy, vz = (lower.long() + offset).unbind(-1)  # (N,) each: this corner's integer vertex
+        if resolution ** 3 <= n_rows:
+            row = vx + vy * resolution + vz * resolution * resolution  # (N,) a dense level: one row per vertex
+        else:
+            row = (vx * 1) ^ (vy * 2654435761) ^ (vz * 805459861)  # (N,) Eq. 4, primes pi_1, pi_2, pi_3
+        row = row & (n_rows - 1)  # mod T
+        trilinear = torch.where(offset.bool(), frac, 1.0 - frac).prod(dim=-1)  # (N,) this corner's weight
+        encoded = encoded + trilinear[:, None] * table[row]  # (N, F)
+    return encoded
+
+
 def spherical_harmonics(dirs: torch.Tensor) -> torch.Tensor:
     """Real spherical harmonics of unit directions, bands l = 0..3 (16 coefficients): the direction encoding of
     Instant-NGP (Sec. 5.4), which counts these 4 bands as "up to degree 4". Each constant is the normalisation

@@ -137,3 +137,24 @@ def test_render_only_rebuilds_the_model_from_the_checkpoint_and_reproduces_its_m
         run_main(hashnerf_script.main, ["--render_only", "--outdir", str(tmp_path / "empty"), "--device", "cpu"])
     assert exit_info.value.code == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["torch", "emulated"])
+def test_the_one_level_hash_encoding_on_the_page_equals_each_level_of_the_fast_encoding(hashnerf_script, backend):
+    """hash_grid_level (Eq. 2-4 written out in 04) against level l of HashEncoding on the fast path: dense
+    coarse levels and hashed fine levels alike, points on the far faces x = 1 included."""
+    from kernels.hash_encoding import HashEncoding, hash_encode, is_dense_level
+
+    torch.manual_seed(0)
+    encoding = HashEncoding(n_levels=6, n_features=2, log2_table_size=10, base_resolution=4, max_resolution=64)
+    torch.nn.init.uniform_(encoding.table, -1.0, 1.0)
+    x = torch.rand(500, 3)
+    x[:20, 0] = 1.0  # far face
+    dense = is_dense_level(encoding.resolutions, encoding.table.shape[1])
+    assert dense.any() and not dense.all()  # both kinds of level are exercised
+    fast = hash_encode(x, encoding.table.detach(), encoding.scales, encoding.resolutions, backend=backend)  # (N, L*F)
+    for level in range(6):
+        reference = hashnerf_script.hash_grid_level(x, encoding.table[level].detach(), float(encoding.scales[level]),
+                                                    int(encoding.resolutions[level]))
+        torch.testing.assert_close(fast[:, 2 * level:2 * level + 2], reference, rtol=1e-5, atol=1e-6,
+                                   msg=f"level {level}")
