@@ -1,9 +1,7 @@
 """kernels/ray_marching: occupancy-grid marching (Instant-NGP Sec. 5.4, Appendix E), the twin against the CUDA
 source (emulated on the CPU, CuPy on a GPU), the properties of the samples, and the grid maintenance kernels.
 
-Tolerances: fixed steps use the same float32 formulas on every face, so the samples must be identical
-(torch.equal). Exponential steps go through expf/logf, which differ by an ulp between libraries: the counts must
-agree and the t values within 1e-5 relative.
+Tolerances: every face uses the same float32 formulas, so the samples must be identical (torch.equal).
 """
 import math
 
@@ -67,23 +65,6 @@ def test_fixed_steps_emulated_kernel_gives_exactly_the_twins_samples(grid_res, f
     assert_same_samples(twin, kernel)
 
 
-@pytest.mark.parametrize("dt_max", [None, 0.05])
-def test_exponential_steps_emulated_kernel_matches_twin(dt_max):
-    grid_res = 32
-    bitfield, _ = random_bitfield(grid_res, 0.2, seed=7)
-    rays_o, rays_d, offsets = random_rays(400, seed=8)
-    settings = dict(near=0.2, far=6.0, dt=0.005, cone_angle=1 / 64, dt_max=dt_max, max_samples=1000, offsets=offsets)
-    twin = march_rays(rays_o, rays_d, AABB, bitfield, grid_res, backend="torch", **settings)
-    kernel = march_rays(rays_o, rays_d, AABB, bitfield, grid_res, backend="emulated", **settings)
-    assert torch.equal(twin[1], kernel[1]) and torch.equal(twin[0], kernel[0])
-    assert torch.allclose(kernel[2], twin[2], rtol=1e-5, atol=0)
-    assert torch.allclose(kernel[3], twin[3], rtol=1e-5, atol=0)
-    steps = twin[3] - twin[2]
-    assert steps.min() >= 0.005 * (1 - 1e-4)  # never below dt
-    if dt_max is not None:
-        assert steps.max() <= dt_max * (1 + 1e-4)  # never above dt_max
-
-
 @pytest.mark.parametrize("backend", ["torch", "emulated"])
 def test_no_rays_and_empty_grid_give_no_samples(backend):
     empty_grid = torch.zeros(16 ** 3 // 8, dtype=torch.uint8)
@@ -137,15 +118,13 @@ def test_full_grid_samples_every_lattice_point_inside_the_box_up_to_the_cap(back
     assert torch.allclose(first, (t0 + offsets.double() * dt)[hit], atol=1e-5)
 
 
-@pytest.mark.parametrize("cone_angle", [0.0, 1 / 32])
-def test_samples_are_sorted_inside_the_box_and_near_far_with_occupied_midpoints(cone_angle):
+def test_samples_are_sorted_inside_the_box_and_near_far_with_occupied_midpoints():
     grid_res = 16
     bitfield, occupied = random_bitfield(grid_res, 0.25, seed=11)
     rays_o, rays_d, offsets = random_rays(300, seed=12)
     near, far = 0.3, 4.0
     starts, counts, t_starts, t_ends = march_rays(rays_o, rays_d, AABB, bitfield, grid_res, near=near, far=far,
-                                                  dt=0.01, cone_angle=cone_angle, dt_max=0.1, offsets=offsets,
-                                                  backend="emulated")
+                                                  dt=0.01, offsets=offsets, backend="emulated")
     assert torch.equal(starts.long(), torch.cumsum(counts.long(), 0) - counts.long())  # packed ray after ray
     ray_ids = torch.repeat_interleave(torch.arange(300), counts.long())  # (N,)
     assert (t_starts >= near).all() and (t_ends <= far).all() and (t_ends > t_starts).all()
@@ -245,15 +224,7 @@ def test_cuda_march_matches_twin():
     fixed = dict(near=0.2, far=6.0, dt=0.01, max_samples=256, offsets=offsets.cuda())
     twin = march_rays(*args, grid_res, backend="torch", **fixed)
     kernel = march_rays(*args, grid_res, backend="cuda", **fixed)
-    assert_same_samples(twin, kernel)  # fixed steps: same float32 formulas, no fma on either side
-
-    exponential = dict(fixed, cone_angle=1 / 64, dt_max=0.05)
-    twin = march_rays(*args, grid_res, backend="torch", **exponential)
-    kernel = march_rays(*args, grid_res, backend="cuda", **exponential)
-    same = twin[1] == kernel[1]  # CUDA's expf/logf are not correctly rounded: rare boundary points may differ
-    assert same.float().mean() > 0.99
-    if same.all():
-        assert torch.allclose(kernel[2], twin[2], rtol=1e-5, atol=0)
+    assert_same_samples(twin, kernel)  # same float32 formulas, no fma on either side
 
 
 @pytest.mark.gpu
