@@ -1,6 +1,6 @@
 """Backends for the hot kernels: the PyTorch twin, the CUDA source through CuPy, or that same source on the CPU.
 
-Every kernel module in this folder has three faces (CONVENTIONS.md, kernels/):
+Every kernel module in this folder has three faces (README, "Backends"):
   * ``torch``    : a readable PyTorch twin, the reference;
   * ``cuda``     : ``kernels/<module>.cu`` compiled at first use by ``cupy.RawModule`` and launched on
                    PyTorch's current CUDA stream, directly on the tensors' memory (no copies);
@@ -22,7 +22,6 @@ import re
 import subprocess
 import tempfile
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -268,9 +267,3 @@ def _launch_emulated(module: str, kernel: str, grid: int, block: int, args: tupl
     launcher.restype = None
     launcher(*c_args)
 
-
-def warn_once(message: str, _seen: set = set()) -> None:
-    """A fallback to a slower path says so once, never silently (CONVENTIONS.md)."""
-    if message not in _seen:
-        _seen.add(message)
-        warnings.warn(message, stacklevel=3)
