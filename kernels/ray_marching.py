@@ -18,11 +18,11 @@ enumerates. (Instant-NGP grows the step with the distance for large scenes, Appe
 Output (nerfacc's packed layout): ``ray_starts, ray_counts (R,) int32, t_starts, t_ends (N,) float32``; the
 samples of ray r are ``[ray_starts[r], ray_starts[r] + ray_counts[r])``, front to back.
 
-Three faces (CONVENTIONS.md, kernels/): :func:`march_rays_torch` is the readable twin (vectorised over all lattice
-points of all rays); ``kernels/ray_marching.cu`` marches one ray per thread and skips empty cells; :func:`march_rays`
-picks one by ``backend``. :class:`OccupancyGrid` maintains the bitfield (Appendix E.2), with the kernels
-``occupancy_update`` and ``pack_bitfield`` and their twins. The notebook 04_hashnerf draws a grid and the samples of
-a few rays in its "Occupancy grid" cell.
+Three faces, as in every module of kernels/ (README, "Backends"): :func:`march_rays_torch` is the readable twin
+(vectorised over all lattice points of all rays); ``kernels/ray_marching.cu`` marches one ray per thread and skips
+empty cells; :func:`march_rays` picks one by ``backend``. :class:`OccupancyGrid` maintains the bitfield (Appendix
+E.2), with the kernels ``occupancy_update`` and ``pack_bitfield`` and their twins. The notebook 04_hashnerf draws a
+grid and the samples of a few rays in its "Occupancy grid" cell.
 """
 from __future__ import annotations
 
@@ -210,25 +210,93 @@ def occupancy_update_torch(density: torch.Tensor, cell_indices: torch.Tensor, ne
 
 
 def pack_bitfield_torch(density: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Twin of the kernel ``pack_bitfield``: bit b of byte k = density[8k + b] > threshold. (G^3,) -> (G^3/8,) uint8."""
+    """Twin of the kernel ``pack_bitfield``: bit b of byte k = density[8k + b] > threshold. (G^3,) -> (G^3/8,) uint8.
+
+    Strictly greater: a cell whose value equals the threshold is empty, in both faces.
+    """
     bits = (density.view(-1, 8) > _f32(threshold, density.device)).to(torch.int64)  # (G^3/8, 8)
     weights = 2 ** torch.arange(8, device=density.device)  # (8,) bit b has value 2^b
     return (bits * weights).sum(dim=1).to(torch.uint8)  # (G^3/8,)
 
 
+def occupancy_update(density: torch.Tensor, cell_indices: torch.Tensor, new_density: torch.Tensor, decay: float,
+                     backend: str = "torch") -> torch.Tensor:
+    """density[c] = max(density[c] * decay, new) on the distinct cells c (Instant-NGP Appendix E.2).
+
+    Args:
+        density: (G^3,) float32, the decayed maximum per cell (left unchanged: the result is a new tensor).
+        cell_indices: (M,) int64 distinct cell indices (a repeated cell would be two threads writing one address).
+        new_density: (M,) float32, the new value of each chosen cell.
+        decay: the factor applied to a chosen cell's old value before the max.
+        backend: "torch" (:func:`occupancy_update_torch`), "cuda" or "emulated" (the kernel ``occupancy_update``).
+    Returns:
+        (G^3,) float32, the updated copy.
+    """
+    if cell_indices.shape != new_density.shape or cell_indices.dim() != 1:
+        raise ValueError(f"cell_indices and new_density must both be (M,), got {tuple(cell_indices.shape)} and "
+                         f"{tuple(new_density.shape)}")
+    if backend == "torch":
+        return occupancy_update_torch(density, cell_indices, new_density, decay)
+    _check_backend_name(backend)
+    device_type = kernel_backend.backend_device_type(backend)
+    updated = density.contiguous().clone()  # (G^3,) the kernel updates it in place
+    cell_indices, new_density = cell_indices.contiguous(), new_density.contiguous()
+    kernel_backend.check_tensor("density", updated, torch.float32, device_type)
+    kernel_backend.check_tensor("cell_indices", cell_indices, torch.int64, device_type)
+    kernel_backend.check_tensor("new_density", new_density, torch.float32, device_type)
+    n_cells = cell_indices.numel()
+    kernel_backend.launch(MODULE, "occupancy_update", n_cells,
+                          (updated, cell_indices, new_density, np.float32(decay), np.int32(n_cells)), backend)
+    return updated
+
+
+def pack_bitfield(density: torch.Tensor, threshold: float, backend: str = "torch") -> torch.Tensor:
+    """Occupancy bits: bit b of byte k is density[8k + b] > threshold (strictly), cell index x + y*G + z*G^2.
+
+    density: (G^3,) float32 with G^3 a multiple of 8. Returns the bitfield (G^3/8,) uint8. backend: "torch"
+    (:func:`pack_bitfield_torch`), "cuda" or "emulated" (the kernel ``pack_bitfield``, one thread per byte).
+    """
+    if density.dim() != 1 or density.numel() % 8:
+        raise ValueError(f"density must be (G^3,) with G^3 a multiple of 8, got {tuple(density.shape)}")
+    if backend == "torch":
+        return pack_bitfield_torch(density, threshold)
+    _check_backend_name(backend)
+    device_type = kernel_backend.backend_device_type(backend)
+    density = density.contiguous()
+    kernel_backend.check_tensor("density", density, torch.float32, device_type)
+    n_bytes = density.numel() // 8
+    bitfield = torch.empty(n_bytes, dtype=torch.uint8, device=density.device)  # (G^3/8,)
+    kernel_backend.launch(MODULE, "pack_bitfield", n_bytes,
+                          (density, np.float32(threshold), np.int32(n_bytes), bitfield), backend)
+    return bitfield
+
+
+def _check_backend_name(backend: str) -> None:
+    if backend not in kernel_backend.BACKENDS:
+        raise kernel_backend.BackendError(
+            f"unknown backend {backend!r}: choose one of {', '.join(kernel_backend.BACKENDS)}")
+
+
 class OccupancyGrid(torch.nn.Module):
-    """The occupancy grid of Instant-NGP (Appendix E.2): a decayed maximum of the density per cell, and its bitfield.
+    """The occupancy grid of Instant-NGP (Appendix E.2): a decayed running maximum per cell, and its bitfield.
+
+    What the grid stores is whatever the caller's ``density_fn`` returns at a random point of each chosen cell
+    (:meth:`update`); the class makes no assumption about its units. 04_hashnerf.py passes sigma * dt, the optical
+    thickness of one marching step, as Instant-NGP does (its grid stores the network's density times its smallest
+    step, sqrt(3) / 1024 on the finest cascade, and thresholds that at NERF_MIN_OPTICAL_THICKNESS = 0.01, or at the
+    grid's mean when lower). The default threshold 0.01 is Instant-NGP's, for that quantity.
 
     Args:
         aabb: (2, 3) scene box [min, max].
         resolution: G cells per axis (Instant-NGP: 128), even.
-        decay: the density of a re-evaluated cell decays by this factor before the max (Instant-NGP: 0.95).
-        threshold: a cell is occupied when its density exceeds min(threshold, mean density). Instant-NGP uses
-            0.01 * 1024 / sqrt(3), an optical thickness of 0.01 over its smallest step sqrt(3) / 1024; nerfacc's
-            default 0.01 is the one here. Taking the min with the mean keeps a dim early scene from vanishing.
+        decay: the stored value of a re-evaluated cell decays by this factor before the max (Instant-NGP: 0.95).
+        threshold: a cell is occupied when its stored value exceeds min(threshold, mean over all cells); taking
+            the min with the mean keeps a dim early scene from vanishing.
 
-    Buffers: ``aabb`` (2, 3), ``density`` (G^3,) float32, ``bitfield`` (G^3/8,) uint8 (all cells occupied at the
-    start, so that the first iterations sample everywhere: :meth:`mark_all_occupied`).
+    Buffers: ``aabb`` (2, 3), ``density`` (G^3,) float32 (the stored values, named as in Instant-NGP), ``bitfield``
+    (G^3/8,) uint8 (all cells occupied at the start, so that the first iterations sample everywhere:
+    :meth:`mark_all_occupied`). The per-cell operations are the module's :func:`occupancy_update` and
+    :func:`pack_bitfield`.
     """
 
     def __init__(self, aabb: torch.Tensor, resolution: int = 128, decay: float = 0.95, threshold: float = 0.01):
@@ -293,36 +361,19 @@ class OccupancyGrid(torch.nn.Module):
         """One grid update (Instant-NGP Appendix E.2; call it every 16 training steps).
 
         1. choose cells (all of them during warm-up, Instant-NGP's first 256 steps; then see :meth:`choose_cells`);
-        2. evaluate density_fn at a random point in each (points (M, 3) world -> densities (M,) or (M, 1));
-        3. density = max(density * decay, new density) on those cells (kernel ``occupancy_update``);
-        4. threshold = min(self.threshold, mean density over all cells);
-        5. bitfield = density > threshold, 8 cells per byte (kernel ``pack_bitfield``).
+        2. evaluate density_fn at a random point in each (points (M, 3) world -> values (M,) or (M, 1));
+        3. density = max(density * decay, new value) on those cells (:func:`occupancy_update`);
+        4. threshold = min(self.threshold, mean over all cells);
+        5. bitfield = density > threshold, 8 cells per byte (:func:`pack_bitfield`).
         """
         cells = self.choose_cells(n_cells, generator, warmup)  # (M,)
         points = self.cell_points(cells, generator)  # (M, 3)
         new_density = torch.cat([density_fn(points[i:i + chunk]).reshape(-1) for i in range(0, len(points), chunk)]
                                 or [points.new_zeros(0)]).to(torch.float32)  # (M,)
-        if backend == "torch":
-            self.density.copy_(occupancy_update_torch(self.density, cells, new_density, self.decay))
-        else:
-            device_type = kernel_backend.backend_device_type(backend)
-            new_density = new_density.contiguous()
-            kernel_backend.check_tensor("density", self.density, torch.float32, device_type)
-            kernel_backend.check_tensor("new_density", new_density, torch.float32, device_type)
-            kernel_backend.launch(MODULE, "occupancy_update", cells.numel(),
-                                  (self.density, cells.contiguous(), new_density, np.float32(self.decay),
-                                   np.int32(cells.numel())), backend)
+        self.density.copy_(occupancy_update(self.density, cells, new_density, self.decay, backend))
         threshold = min(self.threshold, float(self.density.mean().item()))
         self.pack(threshold, backend)
 
     def pack(self, threshold: float, backend: str = "torch") -> None:
-        """bitfield = density > threshold, bit b of byte k for cell 8k + b (kernel ``pack_bitfield``)."""
-        if backend == "torch":
-            self.bitfield.copy_(pack_bitfield_torch(self.density, threshold))
-            return
-        device_type = kernel_backend.backend_device_type(backend)
-        kernel_backend.check_tensor("density", self.density, torch.float32, device_type)
-        kernel_backend.check_tensor("bitfield", self.bitfield, torch.uint8, device_type)
-        n_bytes = self.bitfield.numel()
-        kernel_backend.launch(MODULE, "pack_bitfield", n_bytes,
-                              (self.density, np.float32(threshold), np.int32(n_bytes), self.bitfield), backend)
+        """bitfield = density > threshold, bit b of byte k for cell 8k + b (:func:`pack_bitfield`)."""
+        self.bitfield.copy_(pack_bitfield(self.density, threshold, backend))

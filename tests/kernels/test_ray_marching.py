@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from kernels.ray_marching import (OccupancyGrid, march_rays, occupancy_update_torch, pack_bitfield_torch,
-                                  ray_aabb_intersect)
+from kernels.ray_marching import (OccupancyGrid, march_rays, occupancy_update, occupancy_update_torch, pack_bitfield,
+                                  pack_bitfield_torch, ray_aabb_intersect)
 
 AABB = torch.tensor([[-1.0, -0.5, -1.5], [1.5, 1.0, 1.0]])  # deliberately not a cube, not centred
 
@@ -143,6 +143,32 @@ def test_samples_are_sorted_inside_the_box_and_near_far_with_occupied_midpoints(
     assert away.sum() > 0.9 * len(away) and occupied[index[away]].all()
 
 
+UNIT_BOX = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+
+
+def one_cell_bitfield(grid_res, cell):
+    occupied = torch.zeros(grid_res ** 3)
+    occupied[cell[0] + cell[1] * grid_res + cell[2] * grid_res ** 2] = 1.0
+    return pack_bitfield_torch(occupied, 0.5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "emulated"])
+def test_a_sample_that_ends_exactly_at_the_exit_is_kept(backend):
+    """t_k = 0.5 + 0.25 k is exact in float32: sample 3 = [1.25, 1.5] ends exactly where the ray leaves the box (and,
+    with far = 1.0, sample 1 ends exactly at far). The rule is t_{k+1} <= t_end, equality included."""
+    rays_o, rays_d = torch.tensor([[-0.5, 0.5, 0.5]]), torch.tensor([[1.0, 0.0, 0.0]])  # enters at t = 0.5, leaves at 1.5
+    settings = dict(dt=0.25, offsets=torch.zeros(1), backend=backend)
+    _, counts, t_starts, t_ends = march_rays(rays_o, rays_d, UNIT_BOX, full_bitfield(4), 4, near=0.0, far=10.0,
+                                             **settings)
+    assert counts.tolist() == [4] and t_ends.tolist() == [0.75, 1.0, 1.25, 1.5]
+    _, counts, _, t_ends = march_rays(rays_o, rays_d, UNIT_BOX, full_bitfield(4), 4, near=0.0, far=1.0, **settings)
+    assert counts.tolist() == [2] and t_ends.tolist() == [0.75, 1.0]
+    # Only the last cell along the ray occupied: the kernel jumps over the empty ones and must still keep it.
+    _, counts, t_starts, t_ends = march_rays(rays_o, rays_d, UNIT_BOX, one_cell_bitfield(4, (3, 2, 2)), 4, near=0.0,
+                                             far=10.0, **settings)
+    assert counts.tolist() == [1] and (t_starts.item(), t_ends.item()) == (1.25, 1.5)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Grid maintenance
 # ----------------------------------------------------------------------------------------------------------
@@ -160,6 +186,33 @@ def test_pack_bitfield_kernel_matches_twin_and_bit_order():
         cell = 8 * 5 + 3  # bit 3 of byte 5
         assert ((grid.bitfield[5].item() >> 3) & 1) == int(grid.density[cell].item() > threshold)
     assert not grid.occupied_mask()[::7].any()
+
+
+@pytest.mark.parametrize("backend", ["torch", "emulated"])
+def test_a_value_exactly_at_the_threshold_is_empty(backend):
+    """Occupied means strictly above the threshold, compared in float32 on both faces."""
+    for threshold in (0.01, 0.3, 1.0):
+        at = torch.tensor(threshold, dtype=torch.float32)  # the threshold as the kernel receives it
+        above, below = torch.nextafter(at, torch.tensor(2.0)), torch.nextafter(at, torch.tensor(0.0))
+        density = torch.stack([at, above, below, at, above, at, below, above])  # (8,) one byte
+        assert pack_bitfield(density, threshold, backend=backend).tolist() == [0b10010010]
+
+
+@pytest.mark.parametrize("backend", ["torch", "emulated"])
+def test_occupancy_update_is_decay_then_max_over_several_random_updates(backend):
+    """max(old * decay, new) and max(old, new) * decay agree when new = 0, so this compares on random values."""
+    generator = torch.Generator().manual_seed(5)
+    density = torch.rand(16 ** 3, generator=generator)  # (G^3,)
+    expected = density.clone()
+    for _ in range(4):
+        cells = torch.randperm(16 ** 3, generator=generator)[:1500].sort().values  # (M,) distinct
+        new = torch.rand(1500, generator=generator)  # (M,) about half above the decayed old values
+        before = density.clone()
+        density = occupancy_update(density, cells, new, 0.95, backend=backend)
+        assert torch.equal(before, expected)  # the input is not modified
+        expected[cells] = torch.maximum(expected[cells] * torch.tensor(0.95), new)  # Appendix E.2, in float32
+        assert torch.equal(density, expected)
+    assert torch.equal(occupancy_update_torch(before, cells, new, 0.95), density)
 
 
 def test_occupancy_update_kernel_matches_twin_decayed_max():
