@@ -19,6 +19,7 @@ import ctypes
 import hashlib
 import os
 import re
+import shlex
 import subprocess
 import tempfile
 import threading
@@ -220,12 +221,25 @@ def emulation_cache_dir() -> Path:
     return Path(root) / "nerf-family-kernels"
 
 
+def emulation_flags() -> list[str]:
+    """g++ flags of the emulation: ours, then the extra ones in ``$NERF_EMULATION_CXXFLAGS`` (e.g. ``-mfma``).
+
+    ``-ffp-contract=off``: never fuse ``a * b + c`` into one fused multiply-add. The twins round the product before
+    the sum (PyTorch evaluates one operation at a time), and so do the kernels on the GPU (``mul_rn`` uses
+    ``__fmul_rn``, which nvcc never fuses); without this flag g++ fuses wherever FMA instructions exist (aarch64,
+    ``-mfma``, ``-march=native`` on a recent x86-64) and the bit-exact comparisons with the twins fail.
+    """
+    extra = shlex.split(os.environ.get("NERF_EMULATION_CXXFLAGS", ""))
+    return ["-x", "c++", "-std=c++17", "-O2", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared",
+            f"-I{KERNEL_DIR}", *extra]
+
+
 def _compile_emulated(module: str) -> Path:
     source = kernel_source(module)
     shim = (KERNEL_DIR / "cuda_emulation.h").read_text()
     headers = "".join(path.read_text() for path in sorted(KERNEL_DIR.glob("*.cuh")))
     unit = (f'#include "cuda_emulation.h"\n#include "{module}.cu"\n' + emulation_launchers(source))
-    flags = ["-x", "c++", "-std=c++17", "-O2", "-fopenmp", "-fPIC", "-shared", f"-I{KERNEL_DIR}"]
+    flags = emulation_flags()
     digest = hashlib.sha256("\0".join([source, shim, headers, unit, *flags]).encode()).hexdigest()[:16]
     cache = emulation_cache_dir()
     library = cache / f"{module}-{digest}.so"

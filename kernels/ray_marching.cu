@@ -20,8 +20,8 @@
 #endif
 
 // Products are rounded before they are added (no fused multiply-add), as the PyTorch twin computes them, so that
-// fixed-step samples agree bit for bit. nvcc would otherwise fuse `t0 + (k + u) * dt` into one fma; g++ on
-// x86-64 does not fuse without -mfma.
+// the samples agree bit for bit. nvcc would otherwise fuse `t0 + (k + u) * dt` into one fma; the emulation is
+// built with g++ -ffp-contract=off (kernels/backend.py), which never fuses.
 __device__ inline float mul_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
     return __fmul_rn(a, b);

@@ -4,10 +4,13 @@ source (emulated on the CPU, CuPy on a GPU), the properties of the samples, and 
 Tolerances: every face uses the same float32 formulas, so the samples must be identical (torch.equal).
 """
 import math
+import platform
+from pathlib import Path
 
 import pytest
 import torch
 
+from kernels import backend as kernel_backend
 from kernels.ray_marching import (OccupancyGrid, march_rays, occupancy_update, occupancy_update_torch, pack_bitfield,
                                   pack_bitfield_torch, ray_aabb_intersect)
 
@@ -62,6 +65,30 @@ def test_fixed_steps_emulated_kernel_gives_exactly_the_twins_samples(grid_res, f
     twin = march_rays(rays_o, rays_d, AABB, bitfield, grid_res, backend="torch", **settings)
     kernel = march_rays(rays_o, rays_d, AABB, bitfield, grid_res, backend="emulated", **settings)
     assert twin[1].sum() > 0
+    assert_same_samples(twin, kernel)
+
+
+def fma_flags():
+    """Extra g++ flags under which the compiler may fuse a * b + c, or None when this CPU has no FMA."""
+    if platform.machine() in ("aarch64", "arm64"):
+        return ""  # FMA is part of the base instruction set
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine() in ("x86_64", "AMD64") and cpuinfo.exists() and " fma " in cpuinfo.read_text():
+        return "-mfma"
+    return None
+
+
+@pytest.mark.skipif(fma_flags() is None, reason="this CPU has no fused multiply-add to tempt the compiler")
+def test_fixed_steps_stay_exact_when_the_emulation_may_use_fma(monkeypatch):
+    """With FMA instructions available, g++ would fuse t0 + (k + u) * dt; -ffp-contract=off must keep it rounded twice."""
+    monkeypatch.setenv("NERF_EMULATION_CXXFLAGS", fma_flags())
+    monkeypatch.setattr(kernel_backend, "_emulated_libraries", {})  # build and load this module again, with the flag
+    assert fma_flags() in " ".join(kernel_backend.emulation_flags())
+    bitfield, _ = random_bitfield(32, 0.3, seed=32)
+    rays_o, rays_d, offsets = random_rays(400, seed=32)
+    settings = dict(near=0.5, far=5.0, dt=0.01, max_samples=1000, offsets=offsets)
+    twin = march_rays(rays_o, rays_d, AABB, bitfield, 32, backend="torch", **settings)
+    kernel = march_rays(rays_o, rays_d, AABB, bitfield, 32, backend="emulated", **settings)
     assert_same_samples(twin, kernel)
 
 
