@@ -135,13 +135,17 @@ def kernel_source(module: str) -> str:
 _cupy_modules: dict[str, object] = {}
 
 
+def cupy_compile_options() -> tuple[str, ...]:
+    """The NVRTC options of our CuPy modules (CuPy adds the target architecture of the current GPU)."""
+    return ("-std=c++17", f"-I{KERNEL_DIR}")
+
+
 def _cupy_module(module: str):
     if module not in _cupy_modules:
         import cupy
 
         # RawModule compiles with NVRTC at first use and caches the binary on disk (~/.cupy/kernel_cache).
-        _cupy_modules[module] = cupy.RawModule(code=kernel_source(module),
-                                               options=("-std=c++17", f"-I{KERNEL_DIR}"))
+        _cupy_modules[module] = cupy.RawModule(code=kernel_source(module), options=cupy_compile_options())
     return _cupy_modules[module]
 
 
