@@ -110,20 +110,53 @@ def backend_device_type(backend: str) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # Launching
 # ----------------------------------------------------------------------------------------------------------
+INT32_MAX = 2 ** 31 - 1  # the kernels compute thread and element indices in 32-bit ints
+SYNC_ENV = "NERF_KERNEL_SYNC"  # set to 1: wait for each CUDA launch to finish and report its error there
+
+
 def launch(module: str, kernel: str, n_threads: int, args: tuple, backend: str, block: int = DEFAULT_BLOCK) -> None:
     """Run ``kernel`` of ``kernels/<module>.cu`` with ``n_threads`` threads (a 1-D grid of ``block``-sized blocks).
 
-    Kernels guard themselves with ``if (i >= n) return;``, so the last block may be partly idle.
+    Kernels guard themselves with ``if (i >= n) return;``, so the last block may be partly idle. Sizes that 32-bit
+    indices cannot hold are refused here, with the argument's name, before anything runs.
     """
+    if backend not in ("cuda", "emulated"):
+        raise ValueError(f"launch() runs compiled kernels: backend must be cuda or emulated, got {backend!r}")
+    check_int32_sizes(module, kernel, n_threads, args)
     if n_threads <= 0:
         return
     grid = (n_threads + block - 1) // block
     if backend == "cuda":
         _launch_cupy(module, kernel, grid, block, args)
-    elif backend == "emulated":
-        _launch_emulated(module, kernel, grid, block, args)
     else:
-        raise ValueError(f"launch() runs compiled kernels: backend must be cuda or emulated, got {backend!r}")
+        _launch_emulated(module, kernel, grid, block, args)
+
+
+def kernel_parameters(module: str, kernel: str) -> list[tuple[str, str]]:
+    """The (C type, name) of each parameter of ``kernel`` in kernels/<module>.cu, e.g. ('const float*', 'sigmas')."""
+    for name, parameters in _KERNEL_SIGNATURE.findall(strip_comments(kernel_source(module))):
+        if name == kernel:
+            result = []
+            for parameter in filter(None, (p.strip() for p in parameters.split(","))):
+                parameter_name = re.findall(r"\w+", parameter)[-1]
+                c_type = parameter[:parameter.rindex(parameter_name)].replace("__restrict__", "")
+                result.append((" ".join(c_type.split()).replace(" *", "*"), parameter_name))
+            return result
+    raise ValueError(f"kernels/{module}.cu has no extern \"C\" __global__ function {kernel!r}")
+
+
+def check_int32_sizes(module: str, kernel: str, n_threads: int, args: tuple) -> None:
+    """Refuse launches whose thread count or arrays outgrow the kernels' 32-bit indices (a silent wrap on the GPU)."""
+    where = f"kernels/{module}.cu {kernel}"
+    fix = "split the batch into smaller chunks (e.g. a smaller --chunk or batch) or use --backend torch"
+    if n_threads > INT32_MAX:
+        raise BackendError(f"{where}: {n_threads} threads, more than 32-bit indices hold (2^31 - 1): {fix}")
+    if any(isinstance(arg, torch.Tensor) and arg.numel() > INT32_MAX for arg in args):
+        names = [name for _, name in kernel_parameters(module, kernel)]
+        for name, arg in zip(names, args):
+            if isinstance(arg, torch.Tensor) and arg.numel() > INT32_MAX:
+                raise BackendError(f"{where}: {name} has {arg.numel()} elements, more than 32-bit indices hold "
+                                   f"(2^31 - 1): {fix}")
 
 
 def kernel_source(module: str) -> str:
@@ -149,20 +182,47 @@ def _cupy_module(module: str):
     return _cupy_modules[module]
 
 
+def check_cuda_devices(module: str, kernel: str, devices: list[torch.device], current: int) -> None:
+    """All tensors on one GPU, the current one: a kernel launched on one device cannot read another's memory
+    (an illegal address at some later synchronisation, far from its cause)."""
+    where = f"kernels/{module}.cu {kernel}"
+    if any(device.type != "cuda" for device in devices):
+        raise BackendError(f"{where}: backend cuda needs every tensor on the GPU, got "
+                           f"{', '.join(sorted({str(device) for device in devices}))}")
+    indices = sorted({device.index if device.index is not None else current for device in devices})
+    if len(indices) > 1:
+        raise BackendError(f"{where}: tensors on different GPUs ({', '.join(f'cuda:{i}' for i in indices)}): "
+                           f"move them to one device first")
+    if indices and indices[0] != current:
+        raise BackendError(f"{where}: tensors on cuda:{indices[0]} but the current device is cuda:{current}: "
+                           f"run under `with torch.cuda.device({indices[0]}):`")
+
+
 def _launch_cupy(module: str, kernel: str, grid: int, block: int, args: tuple) -> None:
     import cupy
 
+    tensors = [arg for arg in args if isinstance(arg, torch.Tensor)]
+    check_cuda_devices(module, kernel, [tensor.device for tensor in tensors], torch.cuda.current_device())
     function = _cupy_module(module).get_function(kernel)
     cupy_args = []
     for arg in args:
         if isinstance(arg, torch.Tensor):
-            # Zero-copy view of the tensor's memory through __cuda_array_interface__.
+            # Zero-copy view of the tensor's memory through __cuda_array_interface__ (a null pointer when empty).
             cupy_args.append(cupy.asarray(arg.detach()) if arg.numel() > 0 else np.uint64(0))
         else:
             cupy_args.append(arg)
+    # PyTorch's current stream, so that the kernel runs after the torch ops that produced its inputs.
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
     with stream:
         function((grid,), (block,), tuple(cupy_args))
+    if os.environ.get(SYNC_ENV, "0") not in ("", "0"):
+        # Launches are asynchronous: a fault (an illegal address) is otherwise reported by whichever later call
+        # synchronises. NERF_KERNEL_SYNC=1 waits here, so the error names this kernel (slow: debugging only).
+        try:
+            stream.synchronize()
+        except Exception as error:
+            raise RuntimeError(f"kernels/{module}.cu {kernel} failed on the GPU (grid {grid} x block {block}): "
+                               f"{type(error).__name__}: {error}") from error
 
 
 # --- emulated: the .cu compiled as C++ ----------------------------------------------------------------------
