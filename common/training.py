@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from common.checkpoints import latest_checkpoint
+from common.errors import Terminated, UserError
 
 LOG_COLUMNS = ("step", "loss", "psnr", "lr", "elapsed_s")
 
@@ -30,22 +31,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def _json_default(obj):
-    """Make Paths, dataclasses, tensors and numpy values JSON-serialisable."""
+def _json_ready(obj):
+    """obj with Paths, dataclasses, tensors and numpy values made JSON types, and every float that is not finite
+    (NaN, +-Infinity) made None. json.dumps would write those as the bare words NaN and Infinity, which are
+    not JSON: Python reads them back but jq, JavaScript and most JSON parsers refuse the whole file."""
+    if isinstance(obj, dict):
+        return {str(k) if isinstance(k, Path) else k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, (bool, int, str)) or obj is None:
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, Path):
         return str(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
+        return _json_ready(dataclasses.asdict(obj))
     if isinstance(obj, (torch.Tensor, np.ndarray, np.generic)):
-        return obj.tolist()
+        return _json_ready(obj.tolist())
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
 def write_json(path, obj) -> Path:
-    """Write obj as indented JSON (Paths, dataclasses, tensors and numpy values allowed); returns the path."""
+    """Write obj as indented JSON (Paths, dataclasses, tensors and numpy values allowed); returns the path.
+
+    The file is always valid JSON: non-finite floats (a NaN loss, an infinite PSNR) are written as null. It is
+    written to a temporary file and renamed, so a crash mid-write leaves the previous file, never half of one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    text = json.dumps(_json_ready(obj), indent=2, allow_nan=False) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -188,37 +210,48 @@ def exit_interrupted(log: "TrainLog", step: int, outdir, script: str) -> None:
 
 
 class GracefulInterrupt:
-    """Ctrl-C during training asks the loop to stop after the current step, so that the checkpoint written
-    then holds a consistent state (a step is never half-applied) and nothing completed is lost.
+    """Ctrl-C (SIGINT) or SIGTERM during training asks the loop to stop after the current step, so that the
+    checkpoint written then holds a consistent state (a step is never half-applied) and nothing completed is
+    lost. SIGTERM is what a cluster scheduler (Slurm, Kubernetes) or `kill` sends some seconds before killing
+    a job: without a handler Python dies on the spot and the steps since the last regular checkpoint are lost.
 
         with GracefulInterrupt() as interrupt:
             for step in ...:
                 ...one full step...
-                if interrupt.requested: save a checkpoint, then stop
+                if interrupt.requested: save a checkpoint, then stop (exit status interrupt.exit_status)
 
-    A second Ctrl-C raises KeyboardInterrupt at once. Outside the main thread (where Python cannot install
-    signal handlers) it does nothing and Ctrl-C behaves as usual.
+    `signal_name` says what arrived ("Ctrl-C" or "SIGTERM") and `exit_status` is the conventional status to
+    exit with (130 = 128 + SIGINT, 143 = 128 + SIGTERM). A second signal raises KeyboardInterrupt (for SIGTERM
+    its subclass common.errors.Terminated) at once. Outside the main thread (where Python cannot install
+    signal handlers) it does nothing and signals behave as usual.
     """
 
-    def __init__(self, message: str = "Ctrl-C: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)"):
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, message: str = "finishing this step and saving a checkpoint (send it again to stop at once)"):
         self.message = message
         self.requested = False
-        self._previous = None
+        self.signal_name: str | None = None
+        self.exit_status: int | None = None
+        self._previous: dict = {}
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         self.requested = True
-        print("\n" + self.message, flush=True)
+        self.signal_name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        self.exit_status = 128 + signum
+        print(f"\n{self.signal_name}: {self.message}", flush=True)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
         return False
 
 
@@ -263,3 +296,45 @@ def plot_psnr_curve(csv_path, png_path, title: str | None = None) -> Path:
     png_path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(png_path)
     return png_path
+
+
+# ------------------------------------------------------------------------------------------------
+# A run that diverges stops at the step it happens, instead of training on NaN and exiting 0
+# ------------------------------------------------------------------------------------------------
+class NonFiniteError(UserError):
+    """The loss or a gradient became NaN or infinite: training stops (run_main exits 2) at the step it happens,
+    before the optimizer applies it, so the weights and the checkpoints on disk stay finite."""
+
+
+def check_finite(step: int, loss: torch.Tensor, parameters=None, lr: float | None = None, scaler=None) -> None:
+    """Raise NonFiniteError, one line naming the step and the likely causes, if `loss` or the gradient of any
+    of `parameters` holds a NaN or an Inf. Call it after backward() and before optimizer.step().
+
+    The failure it prevents: with too high a learning rate (04_hashnerf --lr 1e6) the loss turns NaN within a
+    few steps; the NaN gradient then makes every weight NaN, after which a NeRF renders only the background,
+    the loss even looks plausible again, and the run ends with exit status 0, a dead model and white renders.
+    Bad data (a NaN pixel or pose) does the same from step 1.
+
+    loss: the scalar loss of the step (the unscaled one when a GradScaler is used).
+    parameters: iterable of tensors whose .grad to check (None: the loss only). With an enabled `scaler`
+        (fp16 mixed precision) the gradients are not checked: inf gradients are then a normal event the scaler
+        handles by skipping the step and lowering its scale; only a non-finite loss is an error.
+    lr: the learning rate of the step, named in the message when given.
+    Cost: one norm per gradient tensor, stacked, and one device-to-host sync for the whole check (not one per
+    tensor). A norm that overflows to Inf (gradients ~1e19 in float32) is reported too: that step would
+    diverge anyway.
+    """
+    checked = [loss.detach().float().reshape(())]
+    if parameters is not None and not (scaler is not None and scaler.is_enabled()):
+        grads = [p.grad.detach() for p in parameters if p.grad is not None]
+        checked += [torch.linalg.vector_norm(g.float()) for g in grads]
+    values = torch.stack([value.to(checked[0].device) for value in checked])  # (1 + number of gradients,)
+    if bool(torch.isfinite(values).all()):  # the one sync
+        return
+    what = f"the loss is {float(values[0])}" if not math.isfinite(float(values[0])) else "a gradient is not finite"
+    lr_text = f" (--lr {lr:g} at this step)" if lr is not None else ""
+    raise NonFiniteError(
+        f"training diverged at step {step}: {what}. Likely causes: a learning rate too high{lr_text}, try a "
+        f"smaller --lr; or NaN/Inf values in the data (images, poses). The step was not applied; the checkpoints "
+        f"already in the run folder are kept"
+    )
