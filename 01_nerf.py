@@ -55,25 +55,25 @@ class Config(RunConfig):
 
     # The settings every script shares (--scene, --datadir, --outdir, --backend, --device, --seed, --quick,
     # --preset, --resume, --time_budget_s, logging and outputs) come from common/cli.py, RunConfig.
-    iters: int = field(default=200_000, metadata={"help": "training iterations (paper: 100k-300k)"})
+    iters: int = field(default=200_000, metadata={"help": "training iterations (paper: 100k-300k)", "min": 1})
     # --- model (Sec. 5, Appendix A) ---
-    pos_freqs: int = field(default=10, metadata={"help": "L for positions in Eq. 4"})
-    dir_freqs: int = field(default=4, metadata={"help": "L for viewing directions in Eq. 4"})
-    net_depth: int = field(default=8, metadata={"help": "layers of the density trunk"})
-    net_width: int = field(default=256, metadata={"help": "units per layer"})
-    skip_layer: int = field(default=4, metadata={"help": "the input is concatenated again after this layer (5th layer's input)"})
+    pos_freqs: int = field(default=10, metadata={"help": "L for positions in Eq. 4", "min": 0})
+    dir_freqs: int = field(default=4, metadata={"help": "L for viewing directions in Eq. 4", "min": 0})
+    net_depth: int = field(default=8, metadata={"help": "layers of the density trunk", "min": 1})
+    net_width: int = field(default=256, metadata={"help": "units per layer", "min": 2})
+    skip_layer: int = field(default=4, metadata={"help": "the input is concatenated again after this layer (5th layer's input)", "min": 0})
     density_activation: str = field(default="relu", metadata={"help": "relu (paper) | softplus (mip-NeRF's softplus(x - 1): never a zero gradient)"})
     # --- rendering (Sec. 5.2) ---
-    n_coarse: int = field(default=64, metadata={"help": "stratified samples per ray, coarse network"})
-    n_fine: int = field(default=128, metadata={"help": "importance samples per ray, fine network"})
-    early_stop_eps: float = field(default=0.0, metadata={"help": "stop compositing once transmittance < eps (0 = off)"})
-    chunk: int = field(default=4096, metadata={"help": "rays per forward pass when rendering whole images"})
+    n_coarse: int = field(default=64, metadata={"help": "stratified samples per ray, coarse network", "min": 3})
+    n_fine: int = field(default=128, metadata={"help": "importance samples per ray, fine network", "min": 0})
+    early_stop_eps: float = field(default=0.0, metadata={"help": "stop compositing once transmittance < eps (0 = off)", "min": 0, "below": 1})
+    chunk: int = field(default=4096, metadata={"help": "rays per forward pass when rendering whole images", "min": 1})
     # --- optimisation (Sec. 5.3) ---
-    batch_rays: int = field(default=1024, metadata={"help": "rays per iteration (paper: 4096)"})
-    lr: float = field(default=5e-4, metadata={"help": "Adam learning rate at the start"})
-    lr_final: float = field(default=5e-5, metadata={"help": "learning rate at the last iteration (exponential decay)"})
-    precrop_iters: int = field(default=500, metadata={"help": "sample only the central part of images for this many iterations"})
-    precrop_fraction: float = field(default=0.5, metadata={"help": "size of that central part"})
+    batch_rays: int = field(default=1024, metadata={"help": "rays per iteration (paper: 4096)", "min": 1})
+    lr: float = field(default=5e-4, metadata={"help": "Adam learning rate at the start", "above": 0})
+    lr_final: float = field(default=5e-5, metadata={"help": "learning rate at the last iteration (exponential decay)", "above": 0})
+    precrop_iters: int = field(default=500, metadata={"help": "sample only the central part of images for this many iterations", "min": 0})
+    precrop_fraction: float = field(default=0.5, metadata={"help": "size of that central part", "above": 0, "max": 1})
     mixed_precision: bool = field(default=True, metadata={"help": "fp16 autocast for the MLPs on a GPU (compositing stays fp32)"})
 
 
