@@ -29,12 +29,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
+from common.cli import RunConfig, parse_config, resolve_device, run_main
 from common.datasets import background_color, composite_on_background, load_scene
 from common.evaluation import evaluate_split, final_evaluation
 from common.metrics import mse_to_psnr
 from common.rays import sample_ray_batch
-from common.training import TrainingRun, config_for_rendering, decayed_learning_rate, seed_everything
+from common.training import TrainingRun, check_finite, decayed_learning_rate, prepare_run, seed_everything
 from kernels import ray_indices_from_counts
 from kernels.backend import resolve_backend
 from kernels.compositing import composite
@@ -51,31 +51,31 @@ class Config(RunConfig):
 
     # The settings every script shares (--scene, --datadir, --outdir, --backend, --device, --seed, --quick,
     # --preset, --resume, --time_budget_s, logging and outputs) come from common/cli.py, RunConfig.
-    iters: int = field(default=20_000, metadata={"help": "training iterations (the paper's 5-minute result is ~50k steps; fewer here, with the decay below)"})
+    iters: int = field(default=20_000, metadata={"help": "training iterations (the paper's 5-minute result is ~50k steps; fewer here, with the decay below)", "min": 1})
     # --- hash encoding (Sec. 3, Table 1) ---
-    n_levels: int = field(default=16, metadata={"help": "L, resolution levels"})
-    n_features: int = field(default=2, metadata={"help": "F, features per level"})
-    log2_table_size: int = field(default=19, metadata={"help": "T = 2^this table entries per level"})
-    base_resolution: int = field(default=16, metadata={"help": "N_min, coarsest grid resolution"})
-    max_resolution: int = field(default=2048, metadata={"help": "N_max, finest grid resolution"})
-    hidden_width: int = field(default=64, metadata={"help": "units of the small MLPs (Sec. 5.4)"})
+    n_levels: int = field(default=16, metadata={"help": "L, resolution levels", "min": 1})
+    n_features: int = field(default=2, metadata={"help": "F, features per level", "min": 1, "max": 8})
+    log2_table_size: int = field(default=19, metadata={"help": "T = 2^this table entries per level", "min": 1, "max": 30})
+    base_resolution: int = field(default=16, metadata={"help": "N_min, coarsest grid resolution", "min": 1})
+    max_resolution: int = field(default=2048, metadata={"help": "N_max, finest grid resolution", "min": 1})
+    hidden_width: int = field(default=64, metadata={"help": "units of the small MLPs (Sec. 5.4)", "min": 1})
     # --- occupancy grid and marching (Sec. 5.4, Appendix E) ---
-    grid_resolution: int = field(default=128, metadata={"help": "occupancy grid cells per side"})
-    grid_update_every: int = field(default=16, metadata={"help": "iterations between occupancy updates"})
-    grid_warmup: int = field(default=256, metadata={"help": "iterations during which every cell is updated"})
-    grid_threshold: float = field(default=0.01, metadata={"help": "a cell is occupied when one step through it has optical thickness above this"})
-    grid_decay: float = field(default=0.95, metadata={"help": "decay of the running max of densities per update"})
-    steps_per_diagonal: int = field(default=1024, metadata={"help": "marching step = box diagonal / this (paper: sqrt(3)/1024 per unit)"})
-    max_samples: int = field(default=1024, metadata={"help": "cap on samples per ray"})
-    early_stop_eps: float = field(default=1e-4, metadata={"help": "stop a ray once its transmittance drops below this"})
-    chunk: int = field(default=8192, metadata={"help": "rays per forward pass when rendering whole images"})
+    grid_resolution: int = field(default=128, metadata={"help": "occupancy grid cells per side", "min": 2, "multiple_of": 2})
+    grid_update_every: int = field(default=16, metadata={"help": "iterations between occupancy updates", "min": 1})
+    grid_warmup: int = field(default=256, metadata={"help": "iterations during which every cell is updated", "min": 0})
+    grid_threshold: float = field(default=0.01, metadata={"help": "a cell is occupied when one step through it has optical thickness above this", "min": 0})
+    grid_decay: float = field(default=0.95, metadata={"help": "decay of the running max of densities per update", "min": 0, "max": 1})
+    steps_per_diagonal: int = field(default=1024, metadata={"help": "marching step = box diagonal / this (paper: sqrt(3)/1024 per unit)", "min": 1})
+    max_samples: int = field(default=1024, metadata={"help": "cap on samples per ray", "min": 1})
+    early_stop_eps: float = field(default=1e-4, metadata={"help": "stop a ray once its transmittance drops below this", "min": 0, "below": 1})
+    chunk: int = field(default=8192, metadata={"help": "rays per forward pass when rendering whole images", "min": 1})
     # --- optimisation (Sec. 4) ---
-    batch_rays: int = field(default=4096, metadata={"help": "rays per iteration"})
-    lr: float = field(default=1e-2, metadata={"help": "Adam learning rate (paper: 1e-2)"})
-    lr_final: float = field(default=3e-4, metadata={"help": "learning rate at the last iteration; we decay exponentially, the paper steps it down x0.33 at 20k steps and every 10k after (Sec. 5.4)"})
-    weight_decay: float = field(default=1e-6, metadata={"help": "L2 on the MLP weights only (paper: 1e-6)"})
-    sparsity_weight: float = field(default=0.0, metadata={"help": "JHashNeRF sparsity loss on densities (0 = off)"})
-    tv_weight: float = field(default=0.0, metadata={"help": "JHashNeRF total-variation loss on the hash grid (0 = off)"})
+    batch_rays: int = field(default=4096, metadata={"help": "rays per iteration", "min": 1})
+    lr: float = field(default=1e-2, metadata={"help": "Adam learning rate (paper: 1e-2)", "above": 0})
+    lr_final: float = field(default=3e-4, metadata={"help": "learning rate at the last iteration; we decay exponentially, the paper steps it down x0.33 at 20k steps and every 10k after (Sec. 5.4)", "above": 0})
+    weight_decay: float = field(default=1e-6, metadata={"help": "L2 on the MLP weights only (paper: 1e-6)", "min": 0})
+    sparsity_weight: float = field(default=0.0, metadata={"help": "JHashNeRF sparsity loss on densities (0 = off)", "min": 0})
+    tv_weight: float = field(default=0.0, metadata={"help": "JHashNeRF total-variation loss on the hash grid (0 = off)", "min": 0})
     mixed_precision: bool = field(default=True, metadata={"help": "fp16 autocast for the MLPs on a GPU, compositing stays fp32 (Instant-NGP's MLPs run in half precision)"})
 
 
@@ -261,12 +261,11 @@ def train(cfg: Config) -> dict:
     """Train the hash-grid field; evaluate on the test split; write pictures and videos. Returns the metrics."""
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
-    cfg.outdir = str(cfg.outdir or default_outdir("04_hashnerf", cfg.scene))
     seed_everything(cfg.seed)
     scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale, gt_protocol=cfg.gt_protocol)
     train_split = scene.splits["train"]
     aabb = scene.aabb.to(device)
-    test_background = 1.0 if scene.white_background else 0.0
+    test_background = scene.background  # white for Blender scenes (RGB images are taken to be on it too)
 
     field_ = HashField(cfg, aabb).to(device)
     grid = OccupancyGrid(aabb, resolution=cfg.grid_resolution, decay=cfg.grid_decay,
@@ -333,7 +332,7 @@ def train(cfg: Config) -> dict:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            run.check_finite(step, loss, field_.parameters(), check_grads=not scaler.is_enabled())
+            check_finite(step, loss, field_.parameters(), lr=lr, scaler=scaler)  # a NaN stops the run here
             scaler.step(optimizer)
             scaler.update()
             # Marching statistics go to the CSV rows only (counting occupied cells unpacks the whole grid).
@@ -366,8 +365,8 @@ def make_image_renderer(field_: HashField, grid: OccupancyGrid, cfg: Config, bac
 # ================================================================================================
 def main(argv=None) -> dict:
     cfg = parse_config(Config, argv, presets=PRESETS)
-    if cfg.render_only:  # rebuild the model from the checkpoint's own config, not from today's defaults
-        cfg = config_for_rendering(cfg, "04_hashnerf")
+    # The run folder checked; with --resume or --render_only, the settings of the checkpoint being continued.
+    cfg = prepare_run(cfg, "04_hashnerf", required_keys=("field", "grid"))
     return train(cfg)
 
 
