@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
+from common.cli import RunConfig, parse_config, resolve_device, run_main
 from common.datasets import composite_on_background, load_scene
 from common.errors import UserError
 from common.llff import ForwardFacingScene, ndc_rays, ndc_to_world, spiral_poses
@@ -47,7 +47,7 @@ from common.multiscale import build_multiscale, evaluate_levels, levels_of, load
 from common.numerics import DIVISION_EPS, safe_normalize
 from common.paths import load_camera_path, spherical_path
 from common.rays import rays_through_pixels
-from common.training import TrainingRun, config_for_rendering, seed_everything
+from common.training import TrainingRun, check_finite, prepare_run, seed_everything
 from common.video import colorize_depth, write_video
 from kernels import starts_from_counts
 from kernels.backend import resolve_backend
@@ -408,7 +408,6 @@ def train(cfg: Config) -> dict:
     """Train the one MLP; evaluate every scale of the test split; write pictures, videos (and a mesh). Returns the metrics."""
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
-    cfg.outdir = str(cfg.outdir or default_outdir("02_mipnerf", Path(cfg.scene).name + ("_ms" if cfg.multiscale else "")))
     seed_everything(cfg.seed)
     if cfg.ray_shape not in ("auto", "cone", "cylinder"):
         raise UserError(f"--ray_shape must be cone, cylinder or auto, got {cfg.ray_shape!r}")
@@ -464,7 +463,7 @@ def train(cfg: Config) -> dict:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            run.check_finite(step, loss, params, check_grads=not scaler.is_enabled())
+            check_finite(step, loss, params, lr=lr, scaler=scaler)  # a NaN stops the run before the update
             scaler.step(optimizer)
             scaler.update()
             run.log(step, loss=loss.item(), psnr=mse_to_psnr(loss_fine.item()), lr=lr)
@@ -595,8 +594,8 @@ def export_mesh(mlp: MipMLP, scene, outdir: Path, cfg: Config, device) -> Path:
 # ================================================================================================
 def main(argv=None) -> dict:
     cfg = parse_config(Config, argv, presets=PRESETS)
-    if cfg.render_only:  # rebuild the model from the checkpoint's own config, not from today's defaults
-        cfg = config_for_rendering(cfg, "02_mipnerf")
+    # The run folder checked; with --resume or --render_only, the settings of the checkpoint being continued.
+    cfg = prepare_run(cfg, "02_mipnerf", required_keys=("mlp",))
     return train(cfg)
 
 
