@@ -475,7 +475,10 @@ def train(cfg: Config) -> dict:
         videos = render_videos(render_view_fn, scene, outdir, cfg.video_frames, cfg.camera_path)
         print("videos: " + ", ".join(str(v) for v in videos))
     if cfg.export_mesh:
-        metrics["mesh"] = str(export_mesh(mlp, scene, outdir, cfg, device))
+        try:
+            metrics["mesh"] = str(export_mesh(mlp, scene, outdir, cfg, device))
+        except UserError as err:  # no surface at that level: say so, keep the trained model and its results
+            print(f"--export_mesh: {err} (--mesh_threshold); no mesh written")
     return metrics
 
 
