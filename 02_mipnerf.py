@@ -21,7 +21,7 @@ common/multiscale.py), and LLFF forward-facing captures rendered in NDC with cyl
 Glossary of shapes: R rays in a batch, S intervals per ray (S + 1 fence posts t), N = R*S samples, L frequencies.
 
     python 02_mipnerf.py                          # built-in scene, CPU preset on a CPU, paper's on a GPU
-    python 02_mipnerf.py --quick                  # about 2 minutes on 2 CPU cores, over 24 dB on the built-in scene
+    python 02_mipnerf.py --quick                  # the small preset the tests train: 1000 steps of a 4-layer MLP
     python 02_mipnerf.py --multiscale             # the multiscale built-in scene, PSNR per scale
     python 02_mipnerf.py --scene lego --multiscale --downscale 4   # multiscale lego from a 100 px base
     python 02_mipnerf.py --scene ../shared/data/nerf_llff_data/fern --llff_factor 8   # forward-facing, NDC
@@ -101,13 +101,14 @@ class Config(RunConfig):
 
 PRESETS = {
     "paper": {},
-    # About 10 minutes on two CPU cores (departs from the paper to fit): a narrower, shallower MLP, 32 + 32 samples,
-    # 512 rays per step, a short warm-up and a learning rate ten times the paper's (small networks trained for a
+    # 01's cpu preset, mip-NeRF's way (departs from the paper to fit a CPU): a narrower, shallower MLP, 32 + 32 samples,
+    # 512 rays per step, a short warm-up and a learning rate six times the paper's (small networks trained for a
     # few thousand steps need it, as in 01's cpu preset).
     "cpu": dict(iters=2500, net_depth=6, net_width=96, net_width_view=48, n_samples=32, batch_rays=512, lr=3e-3,
                 lr_final=3e-4, lr_delay_steps=100, ckpt_every=500, video_frames=40, log_every=25,
                 mesh_resolution=128),
-    # About 2 minutes on two CPU cores, above 24 dB on the built-in scene's test views.
+    # The size of 01's quick preset; a step costs about what one of 01's quick steps costs (measured side by side on
+    # 2 shared CPU cores: 2.2 s each under heavy load). The test asks 24 dB of it on the built-in scene.
     "quick": dict(iters=1000, net_depth=4, net_width=64, net_width_view=32, n_samples=32, batch_rays=512, lr=5e-3,
                   lr_final=5e-4, lr_delay_steps=50, ckpt_every=500, video_frames=20, log_every=20, n_test_views=4,
                   mesh_resolution=96),
