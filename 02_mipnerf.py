@@ -343,8 +343,9 @@ def render_rays(mlp: MipMLP, rays: dict, near: float, far: float, cfg: Config, b
 
     rays: 'origins', 'directions', 'viewdirs' (R, 3) and 'radii' (R,) from `cast_pixel_rays`.
     1. coarse: S + 1 stratified fence posts between near and far, the MLP at their S frustums;
-    2. fine: S + 1 new posts drawn by inverse-CDF sampling (kernels/sampling.py, stratified u = (k + U) / (S+1))
-       from the blurred coarse weights; they are constants (no gradient flows between the levels);
+    2. fine: S + 1 new posts drawn by inverse-CDF sampling (kernels/sampling.py, stratified u = (k + U) / (S+1)
+       as in the paper's code; for rendering, the strata centres (k + 0.5) / (S+1) where the authors take
+       linspace(0, 1 - eps, S+1)) from the blurred coarse weights; they are constants (no gradient between levels);
     3. the *same* MLP at the fine frustums.
     Returns rgb_coarse, rgb (R, 3) over `background`, depth (R,) the expected t clipped to [near, far], opacity (R,).
     """
