@@ -238,3 +238,18 @@ def test_sigterm_during_training_checkpoints_the_step_and_exits_143(hashnerf_scr
         hashnerf_script.sample_ray_batch = real_sample
     assert exit_info.value.code == 143
     assert torch.load(tmp_path / "ckpt_000003.pt", weights_only=False)["step"] == 3
+
+
+def test_ctrl_c_during_the_final_renders_is_one_line_and_keeps_the_checkpoint(nerf_script, small_scene, tmp_path,
+                                                                              capsys, monkeypatch):
+    def ctrl_c_while_rendering(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # outside the training loop: Python's default handler raises
+        for _ in range(1000):
+            pass
+
+    monkeypatch.setattr(nerf_script, "final_evaluation", ctrl_c_while_rendering)
+    status, err = _run(nerf_script, FAST + ["--iters", "2", "--scene", str(small_scene), "--outdir", str(tmp_path)],
+                       capsys)
+    assert status == 130
+    assert err.strip().splitlines()[-1].startswith("interrupted (Ctrl-C)") and "Traceback" not in err
+    assert torch.load(tmp_path / "ckpt_000002.pt", weights_only=False)["step"] == 2
