@@ -1,9 +1,6 @@
 """Runs that cannot fail silently (issue #9), end to end through the scripts' main().
 
-Each case asserts the one-line message, the exit status, and that nothing already saved is lost. Cases marked
-`needs_wiring` exercise common/ pieces (RunFolder, check_finite, resume_config, load_latest_valid_checkpoint,
-SIGTERM) that the training loops do not call yet: they are strict xfails, so the suite goes red the day the
-loops call them and the marker must come off.
+Each case asserts the one-line message, the exit status, and that nothing already saved is lost.
 """
 import json
 import math
@@ -23,7 +20,6 @@ SCRIPTS = ["nerf_script", "hashnerf_script"]
 # Cheap runs: a tiny scene (see small_scene) at 16 x 16 pixels, 2-10 steps of 128 rays, one test view, no video.
 FAST = ["--quick", "--device", "cpu", "--backend", "torch", "--batch_rays", "128", "--downscale", "2",
         "--n_test_views", "1", "--video_frames", "0"]
-needs_wiring = pytest.mark.xfail(strict=True, reason="the training loops do not call this common/ piece yet")
 
 
 def _run(script, argv, capsys):
@@ -129,7 +125,6 @@ def test_rgb_images_are_trained_and_scored_on_the_stated_white_background(nerf_s
 
 
 # --- the run folder ---------------------------------------------------------------------------------------------
-@needs_wiring
 @pytest.mark.parametrize("script_name", SCRIPTS)
 def test_an_outdir_that_is_a_file_is_one_line_before_any_data_loads(script_name, request, tmp_path, capsys):
     script = request.getfixturevalue(script_name)
@@ -141,7 +136,6 @@ def test_an_outdir_that_is_a_file_is_one_line_before_any_data_loads(script_name,
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
-@needs_wiring
 def test_a_second_run_on_a_busy_outdir_is_refused_naming_the_first(hashnerf_script, small_scene, tmp_path, capsys):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); from common.run_folder import RunFolder\n"
@@ -160,7 +154,6 @@ def test_a_second_run_on_a_busy_outdir_is_refused_naming_the_first(hashnerf_scri
 
 # --- divergence --------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-@needs_wiring
 def test_a_diverging_run_stops_at_that_step_and_keeps_finite_checkpoints(hashnerf_script, small_scene, tmp_path,
                                                                         capsys):
     argv = FAST + ["--iters", "10", "--ckpt_every", "1", "--lr", "1e6", "--lr_final", "1e6", "--scene", str(small_scene),
@@ -179,7 +172,6 @@ def test_a_diverging_run_stops_at_that_step_and_keeps_finite_checkpoints(hashner
 
 # --- resume against another configuration ------------------------------------------------------------------------
 @pytest.mark.slow
-@needs_wiring
 def test_resuming_a_hashnerf_folder_with_nerf_is_refused_in_one_line(nerf_script, hashnerf_script, small_scene,
                                                                       tmp_path, capsys):
     hashnerf_script.main(FAST + ["--iters", "2", "--scene", str(small_scene), "--outdir", str(tmp_path)])
@@ -190,7 +182,6 @@ def test_resuming_a_hashnerf_folder_with_nerf_is_refused_in_one_line(nerf_script
 
 
 @pytest.mark.slow
-@needs_wiring
 def test_resuming_with_another_scene_is_refused_and_untyped_settings_come_from_the_checkpoint(
         nerf_script, small_scene, tmp_path, capsys):
     nerf_script.main(FAST + ["--iters", "2", "--net_width", "32", "--scene", str(small_scene), "--outdir", str(tmp_path)])
@@ -205,7 +196,6 @@ def test_resuming_with_another_scene_is_refused_and_untyped_settings_come_from_t
 
 
 @pytest.mark.slow
-@needs_wiring
 def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(nerf_script, small_scene, tmp_path, capsys):
     base = FAST + ["--ckpt_every", "2", "--scene", str(small_scene), "--outdir", str(tmp_path)]
     nerf_script.main(base + ["--iters", "4"])
@@ -218,7 +208,6 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(nerf_script, smal
 
 # --- signals -------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
-@needs_wiring
 def test_sigterm_during_training_checkpoints_the_step_and_exits_143(hashnerf_script, small_scene, tmp_path):
     real_sample = hashnerf_script.sample_ray_batch
     calls = []
