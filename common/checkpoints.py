@@ -138,13 +138,13 @@ def _reason_of(err: UserError) -> str:
 # --resume against the configuration the checkpoint was trained with
 # ------------------------------------------------------------------------------------------------
 # Settings that may change when a run is resumed: how long it runs, how often it logs, evaluates and
-# checkpoints, what it renders at the end, where and on what it computes. None of them changes the model or
-# the training of the steps already done. Every other setting (scene, datadir, downscale, the architecture,
+# checkpoints, what it renders at the end (views, videos, a camera path), where and on what it computes.
+# None of them changes the model or the training of the steps already done. Every other setting (scene, datadir, downscale, the architecture,
 # the sampler, the learning-rate schedule, batch size, seed, presets) is part of the run: a resumed run keeps
 # the checkpoint's values, so that its config.json, its log and its result describe one consistent run.
 RESUMABLE_FIELDS = frozenset({
     "iters", "time_budget_s", "log_every", "eval_every", "ckpt_every", "n_test_views", "video_frames",
-    "chunk", "device", "backend", "resume", "outdir", "cli_options",
+    "chunk", "camera_path", "render_only", "device", "backend", "resume", "outdir", "cli_options",
 })
 
 
