@@ -35,14 +35,15 @@ def inside_all_masks(points: torch.Tensor, split: Split, dilate_px: int = 0, thr
 
     points: (P, 3) world points; split: images (N, H, W, 4) with the mask as alpha; dilate_px: grow every mask by
     this many pixels first (a square max filter), to keep points near the silhouette. A view in which a point
-    falls outside the image, or behind the camera, says nothing about it (the point is kept by that view).
-    Returns (P,) bool.
+    falls outside the image, or behind the camera, says nothing about it (the point is kept by that view); a point
+    that no view sees is dropped (nothing could be learned there). Returns (P,) bool.
     """
     if split.images.shape[-1] != 4:
         raise ValueError("the visual hull needs masks: images with an alpha channel (N, H, W, 4)")
     cams = split.cameras
     keep = torch.ones(points.shape[0], dtype=torch.bool)
     alive = torch.arange(points.shape[0])  # points no view has carved yet (the only ones worth projecting)
+    seen_once = torch.zeros(points.shape[0], dtype=torch.bool)
     for view in range(len(cams)):
         mask = split.images[view, ..., 3] > threshold  # (H, W)
         if dilate_px > 0:
@@ -54,8 +55,9 @@ def inside_all_masks(points: torch.Tensor, split: Split, dilate_px: int = 0, thr
         inside[seen] = mask[row[seen], col[seen]]
         carved = alive[seen & ~inside]
         keep[carved] = False
+        seen_once[alive[seen]] = True
         alive = alive[inside | ~seen]
-    return keep
+    return keep & seen_once
 
 
 def carve_grid(aabb: torch.Tensor, resolution: int, split: Split, threshold: float = 0.5) -> torch.Tensor:
