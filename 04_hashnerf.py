@@ -24,21 +24,17 @@ Glossary of shapes: R rays, N packed samples (all rays' samples in one flat arra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
 from common.datasets import background_color, composite_on_background, load_scene
 from common.evaluation import evaluate_split, final_evaluation
 from common.metrics import mse_to_psnr
-from common.numerics import trunc_exp
 from common.rays import sample_ray_batch
-from common.training import (GracefulInterrupt, TrainLog, decayed_learning_rate, exit_interrupted, save_config,
-                             seed_everything)
+from common.training import TrainingRun, config_for_rendering, decayed_learning_rate, seed_everything
 from kernels import ray_indices_from_counts
 from kernels.backend import resolve_backend
 from kernels.compositing import composite
@@ -55,7 +51,7 @@ class Config(RunConfig):
 
     # The settings every script shares (--scene, --datadir, --outdir, --backend, --device, --seed, --quick,
     # --preset, --resume, --time_budget_s, logging and outputs) come from common/cli.py, RunConfig.
-    iters: int = field(default=20_000, metadata={"help": "training iterations (the paper trains 5 min; ~30k steps)"})
+    iters: int = field(default=20_000, metadata={"help": "training iterations (the paper's 5-minute result is ~50k steps; fewer here, with the decay below)"})
     # --- hash encoding (Sec. 3, Table 1) ---
     n_levels: int = field(default=16, metadata={"help": "L, resolution levels"})
     n_features: int = field(default=2, metadata={"help": "F, features per level"})
@@ -76,11 +72,11 @@ class Config(RunConfig):
     # --- optimisation (Sec. 4) ---
     batch_rays: int = field(default=4096, metadata={"help": "rays per iteration"})
     lr: float = field(default=1e-2, metadata={"help": "Adam learning rate (paper: 1e-2)"})
-    lr_final: float = field(default=3e-4, metadata={"help": "learning rate at the last iteration (exponential decay)"})
+    lr_final: float = field(default=3e-4, metadata={"help": "learning rate at the last iteration; we decay exponentially, the paper steps it down x0.33 at 20k steps and every 10k after (Sec. 5.4)"})
     weight_decay: float = field(default=1e-6, metadata={"help": "L2 on the MLP weights only (paper: 1e-6)"})
     sparsity_weight: float = field(default=0.0, metadata={"help": "JHashNeRF sparsity loss on densities (0 = off)"})
     tv_weight: float = field(default=0.0, metadata={"help": "JHashNeRF total-variation loss on the hash grid (0 = off)"})
-    mixed_precision: bool = field(default=True, metadata={"help": "fp16 autocast for the MLPs on a GPU (compositing stays fp32)"})
+    mixed_precision: bool = field(default=True, metadata={"help": "fp16 autocast for the MLPs on a GPU, compositing stays fp32 (Instant-NGP's MLPs run in half precision)"})
 
 
 PRESETS = {
@@ -102,9 +98,42 @@ PRESETS = {
 # ================================================================================================
 # The field: hash encoding -> density MLP; spherical harmonics + features -> colour MLP (Sec. 5.4)
 # ================================================================================================
+def hash_grid_level(x: torch.Tensor, table: torch.Tensor, scale: float, resolution: int) -> torch.Tensor:
+    """One level of the multiresolution hash encoding (Sec. 3), written out to read; HashEncoding below runs all
+    L levels at once on the fast path (kernels/hash_encoding.py and .cu), and a test checks that level l of it
+    equals this function.
+
+    Eq. 2-3: the level's grid has scale_l = N_min b^l - 1 cells per unit (with tiny-cuda-nn's "- 1") and
+    resolution_l = ceil(scale_l) + 1 vertices per axis. The point sits at x * scale_l + 0.5 (tiny-cuda-nn's
+    half-vertex offset staggers the levels). Each of its cell's 8 vertices owns a row of the table: directly
+    (x + y res + z res^2) while res^3 fits in T rows, otherwise through the spatial hash of Eq. 4,
+    (x pi_1) XOR (y pi_2) XOR (z pi_3) mod T, where colliding vertices simply share a row (the gradient sorts
+    out which one matters). The 8 rows are blended trilinearly.
+    x: (N, 3) in [0, 1]; table: (T, F) with T a power of two. Returns (N, F).
+    """
+    n_rows = table.shape[0]
+    pos = x * scale + 0.5  # (N, 3) position in grid units
+    lower = torch.floor(pos)  # (N, 3) the cell's lowest vertex
+    frac = pos - lower  # (N, 3) where the point sits inside the cell, in [0, 1)
+    encoded = torch.zeros(x.shape[0], table.shape[1], dtype=table.dtype, device=x.device)  # (N, F)
+    for corner in ((0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 1), (1, 1, 1)):
+        offset = torch.tensor(corner, device=x.device)  # (3,)
+        vx, vy, vz = (lower.long() + offset).unbind(-1)  # (N,) each: this corner's integer vertex
+        if resolution ** 3 <= n_rows:
+            row = vx + vy * resolution + vz * resolution * resolution  # (N,) a dense level: one row per vertex
+        else:
+            row = (vx * 1) ^ (vy * 2654435761) ^ (vz * 805459861)  # (N,) Eq. 4, primes pi_1, pi_2, pi_3
+        row = row & (n_rows - 1)  # mod T
+        trilinear = torch.where(offset.bool(), frac, 1.0 - frac).prod(dim=-1)  # (N,) this corner's weight
+        encoded = encoded + trilinear[:, None] * table[row]  # (N, F)
+    return encoded
+
+
 def spherical_harmonics(dirs: torch.Tensor) -> torch.Tensor:
-    """Real spherical harmonics up to degree 3 (16 coefficients) of unit directions: the direction encoding
-    of Instant-NGP (Sec. 5.4). The constants are the usual normalisations sqrt((2l+1)/(4pi) (l-m)!/(l+m)!).
+    """Real spherical harmonics of unit directions, bands l = 0..3 (16 coefficients): the direction encoding of
+    Instant-NGP (Sec. 5.4), which counts these 4 bands as "up to degree 4". Each constant is the normalisation
+    K_l^m = sqrt((2l+1)/(4 pi) (l-|m|)!/(l+|m|)!), times sqrt(2) for m != 0, with the polynomial's own factor
+    folded in (e.g. l = 1: sqrt(3/(4 pi)) = 0.4886).
     dirs: (N, 3) unit vectors -> (N, 16)"""
     x, y, z = dirs.unbind(-1)
     xx, yy, zz = x * x, y * y, z * z
@@ -119,6 +148,28 @@ def spherical_harmonics(dirs: torch.Tensor) -> torch.Tensor:
         -0.4570457994644658 * x * (4 * zz - xx - yy), 1.445305721320277 * z * (xx - yy),
         -0.5900435899266435 * x * (xx - 3 * yy),
     ], dim=-1)
+
+
+class TruncExp(torch.autograd.Function):
+    """sigma = exp(x) forward; the backward uses exp(min(x, 15)) (the truncated exponential of the PyTorch
+    ports of Instant-NGP, e.g. torch-ngp): exp lets sigma span many decades from a small network output, and
+    clamping the gradient's exponent keeps one very dense sample from sending a huge update into every
+    hash-table entry it touches."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return grad_output * torch.exp(x.clamp(max=15.0))
+
+
+def trunc_exp(x: torch.Tensor) -> torch.Tensor:
+    """exp(x), with the gradient clamped at exp(15) ~ 3.3e6 (see TruncExp). x: any shape -> same shape."""
+    return TruncExp.apply(x)
 
 
 class HashField(nn.Module):
@@ -143,7 +194,7 @@ class HashField(nn.Module):
         """points (N, 3) world -> sigma (N,), geometry features (N, 16)."""
         features = self.encoding(self.unit_cube(points), backend=backend)  # (N, L*F)
         h = self.density_mlp(features)  # (N, 16)
-        sigma = trunc_exp(h[:, 0].float())  # exp keeps sigma > 0 and lets it span decades (Sec. 5.4)
+        sigma = trunc_exp(h[:, 0].float())  # exp keeps sigma > 0 and lets it span decades
         return sigma, h
 
     def forward(self, points: torch.Tensor, dirs: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,11 +261,9 @@ def train(cfg: Config) -> dict:
     """Train the hash-grid field; evaluate on the test split; write pictures and videos. Returns the metrics."""
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
-    outdir = Path(cfg.outdir or default_outdir("04_hashnerf", cfg.scene))
+    cfg.outdir = str(cfg.outdir or default_outdir("04_hashnerf", cfg.scene))
     seed_everything(cfg.seed)
-
-    scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale)
-    outdir.mkdir(parents=True, exist_ok=True)  # only once the data is there: a failed start leaves no empty folder
+    scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale, gt_protocol=cfg.gt_protocol)
     train_split = scene.splits["train"]
     aabb = scene.aabb.to(device)
     test_background = 1.0 if scene.white_background else 0.0
@@ -231,26 +280,7 @@ def train(cfg: Config) -> dict:
     ], lr=cfg.lr, betas=(0.9, 0.99), eps=1e-15)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.mixed_precision and device.type == "cuda")
     generator = torch.Generator().manual_seed(cfg.seed)
-
-    start_step = 0
-    resume_from = latest_checkpoint(outdir) if cfg.resume else None
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=device)
-        field_.load_state_dict(state["field"])
-        grid.load_state_dict(state["grid"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        start_step = state["step"]
-        print(f"resuming from {resume_from} at step {start_step}")
-    elif cfg.resume:
-        print(f"--resume: no checkpoint in {outdir}, starting from step 0")
-    save_config(outdir, cfg)
-
-    def checkpoint(step: int) -> None:
-        save_checkpoint(checkpoint_path(outdir, step),
-                        dict(step=step, field=field_.state_dict(), grid=grid.state_dict(),
-                             optimizer=optimizer.state_dict(), generator=generator.get_state(), config=vars(cfg)))
-
+    render_fn = make_image_renderer(field_, grid, cfg, backend, test_background, device)
     step_size = marching_step(aabb, cfg)
 
     def optical_thickness(points: torch.Tensor) -> torch.Tensor:
@@ -258,71 +288,62 @@ def train(cfg: Config) -> dict:
         with torch.no_grad():
             return field_.density(points, backend)[0] * step_size
 
-    log = TrainLog(outdir, total_steps=cfg.iters, start_step=start_step, desc=f"04_hashnerf {scene.name}")
-    step = start_step  # the last completed step
-    try:
-        with GracefulInterrupt() as interrupt:
-            for step_to_do in range(start_step + 1, cfg.iters + 1):
-                # Appendix E.2: refresh the grid every few steps (every cell during warm-up). It starts fully
-                # occupied, and a resumed run has its grid back from the checkpoint.
-                if step_to_do % cfg.grid_update_every == 0:
-                    grid.update(optical_thickness, generator=generator, backend=backend,
-                                warmup=step_to_do <= cfg.grid_warmup)
+    def save_state() -> dict:
+        return dict(field=field_.state_dict(), grid=grid.state_dict(), optimizer=optimizer.state_dict(),
+                    generator=generator.get_state())
 
-                rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator)
-                rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
-                # A random background per ray (for RGBA data): the model must make the object opaque where it is.
-                if target.shape[-1] == 4:
-                    background = background_color("random", (rays_o.shape[0], 3), generator).to(device)
-                    target_rgb = composite_on_background(target, background)
-                else:
-                    background, target_rgb = test_background, target
+    def load_state(state: dict) -> None:  # the grid comes back too: a resumed run does not start fully occupied
+        field_.load_state_dict(state["field"])
+        grid.load_state_dict(state["grid"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
 
-                out = render_rays(field_, grid, rays_o, rays_d, cfg, backend, background, perturb=True,
-                                  generator=generator)
-                loss_rgb = F.mse_loss(out["rgb"], target_rgb)
-                loss = loss_rgb
-                if cfg.sparsity_weight > 0:
-                    loss = loss + cfg.sparsity_weight * sparsity_loss(out["sigma"])
-                if cfg.tv_weight > 0:
-                    loss = loss + cfg.tv_weight * total_variation(field_.encoding, generator=generator)
+    def validate() -> float:
+        return evaluate_split(render_fn, scene.splits["val"], None, n_views=1, background=test_background,
+                              progress=False)["mean_psnr"]
 
-                lr = learning_rate(cfg, step_to_do, log.elapsed())
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step = step_to_do
+    # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
+    with TrainingRun(cfg, "04_hashnerf", scene, device, backend, save_state, load_state, validate) as run:
+        for step in run.steps():
+            # Appendix E.2: refresh the grid every few steps (every cell during warm-up).
+            if step % cfg.grid_update_every == 0:
+                grid.update(optical_thickness, generator=generator, backend=backend,
+                            warmup=step <= cfg.grid_warmup)
 
-                out_of_time = cfg.time_budget_s > 0 and log.elapsed() >= cfg.time_budget_s
-                stopping = step == cfg.iters or out_of_time or interrupt.requested
-                write_row = step % cfg.log_every == 0 or stopping
-                # Marching statistics go to the CSV rows only (counting occupied cells unpacks the whole grid).
-                stats = dict(samples_per_ray=round(out["n_samples"] / cfg.batch_rays, 2),
-                             occupancy=round(grid.occupancy_fraction(), 4)) if write_row else {}
-                log.step(step, loss=loss.item(), psnr=mse_to_psnr(loss_rgb.item()), lr=lr, write=write_row, **stats)
-                if cfg.eval_every and (step % cfg.eval_every == 0 or stopping):
-                    with log.paused():  # evaluation time is not training time
-                        val = evaluate_split(make_image_renderer(field_, grid, cfg, backend, test_background, device),
-                                             scene.splits["val"], None, n_views=1, background=test_background,
-                                             progress=False)
-                    log.note(step, val_psnr=round(val["mean_psnr"], 3))
-                if step % cfg.ckpt_every == 0 or stopping:
-                    checkpoint(step)
-                if interrupt.requested:
-                    raise KeyboardInterrupt
-                if out_of_time:
-                    log.write(f"time budget of {cfg.time_budget_s:g} s reached at step {step}")
-                    break
-    except KeyboardInterrupt:
-        exit_interrupted(log, step, outdir, "04_hashnerf.py")
-    log.close()
+            rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator)
+            rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
+            # A random background per ray (for RGBA data): the model must make the object opaque where it is.
+            if target.shape[-1] == 4:
+                background = background_color("random", (rays_o.shape[0], 3), generator).to(device)
+                target_rgb = composite_on_background(target, background)
+            else:
+                background, target_rgb = test_background, target
 
-    render_fn = make_image_renderer(field_, grid, cfg, backend, test_background, device)
-    return final_evaluation(render_fn, scene, outdir, cfg.n_test_views, cfg.video_frames, test_background,
-                            iters=step, backend=backend, device=str(device), preset=cfg.preset)
+            out = render_rays(field_, grid, rays_o, rays_d, cfg, backend, background, perturb=True,
+                              generator=generator)
+            loss_rgb = F.mse_loss(out["rgb"], target_rgb)
+            loss = loss_rgb
+            if cfg.sparsity_weight > 0:
+                loss = loss + cfg.sparsity_weight * sparsity_loss(out["sigma"])
+            if cfg.tv_weight > 0:
+                loss = loss + cfg.tv_weight * total_variation(field_.encoding, generator=generator)
+
+            lr = learning_rate(cfg, step, run.elapsed())
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            run.check_finite(step, loss, field_.parameters(), check_grads=not scaler.is_enabled())
+            scaler.step(optimizer)
+            scaler.update()
+            # Marching statistics go to the CSV rows only (counting occupied cells unpacks the whole grid).
+            run.log(step, loss=loss.item(), psnr=mse_to_psnr(loss_rgb.item()), lr=lr,
+                    extra=lambda: dict(samples_per_ray=round(out["n_samples"] / cfg.batch_rays, 2),
+                                       occupancy=round(grid.occupancy_fraction(), 4)))
+
+    return final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, test_background,
+                            camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
+                            preset=cfg.preset, gt_protocol=cfg.gt_protocol)
 
 
 # ================================================================================================
@@ -345,6 +366,8 @@ def make_image_renderer(field_: HashField, grid: OccupancyGrid, cfg: Config, bac
 # ================================================================================================
 def main(argv=None) -> dict:
     cfg = parse_config(Config, argv, presets=PRESETS)
+    if cfg.render_only:  # rebuild the model from the checkpoint's own config, not from today's defaults
+        cfg = config_for_rendering(cfg, "04_hashnerf")
     return train(cfg)
 
 

@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 
@@ -197,6 +197,11 @@ class RunConfig:
     ckpt_every: int = field(default=1000, metadata={"help": "iterations between checkpoints"})
     n_test_views: int = field(default=0, metadata={"help": "test views to render and score at the end (0 = all)"})
     video_frames: int = field(default=120, metadata={"help": "frames of the spherical-path videos (0 = no video)"})
+    # --- using a trained model ---
+    render_only: bool = field(default=False, metadata={"help": "no training: load the latest checkpoint of --outdir (its saved config rebuilds the model), write test renders, metrics and videos"})
+    camera_path: Optional[str] = field(default=None, metadata={"help": "JSON of camera-to-world poses to render as a video (a list of 4x4 matrices, or {'frames': [{'transform_matrix': ...}]} as in transforms_*.json)"})
+    # --- data protocol ---
+    gt_protocol: Literal["premultiplied", "straight"] = field(default="premultiplied", metadata={"help": "how --downscale averages RGBA images: premultiplied (colour weighted by alpha = composite at full size, then average; ours) | straight (average RGBA as stored, then composite: what common loaders do, darker edges)"})
 
 
 def default_outdir(script: str, scene: str) -> Path:

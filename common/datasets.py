@@ -118,6 +118,7 @@ def load_scene(
     downscale: int = 1,
     splits=SPLITS,
     max_images: dict | int | None = None,
+    gt_protocol: str = "premultiplied",
 ) -> Scene:
     """Load a scene by name or path.
 
@@ -126,7 +127,7 @@ def load_scene(
         <repo>/data/nerf_synthetic/<scene>), or the path of any folder in the Blender layout.
     datadir: the scene folder itself (for a Blender scene name, the nerf_synthetic folder holding <scene>/ also
         works).
-    downscale, splits, max_images: see `load_blender`.
+    downscale, splits, max_images, gt_protocol: see `load_blender`.
     """
     if scene == "builtin":
         from common import builtin_scene
@@ -139,7 +140,7 @@ def load_scene(
                 f"cannot write the built-in scene into {root} ({err.strerror or err}): pass --datadir with a "
                 f"writable folder"
             ) from err
-        loaded = load_blender(root, downscale, splits, max_images)
+        loaded = load_blender(root, downscale, splits, max_images, gt_protocol)
         loaded.name = "builtin"
         return loaded
     if scene in BLENDER_SCENES:
@@ -148,7 +149,7 @@ def load_scene(
             root = root / scene  # --datadir pointed at the nerf_synthetic folder that holds the scene
         if not (root / f"transforms_{splits[0]}.json").exists():
             raise UserError(_missing_data_message(scene, root / f"transforms_{splits[0]}.json"))
-        loaded = load_blender(root, downscale, splits, max_images)
+        loaded = load_blender(root, downscale, splits, max_images, gt_protocol)
         loaded.name = scene
         return loaded
     root = Path(scene)
@@ -163,10 +164,11 @@ def load_scene(
         from common.dtu import load_dtu
 
         return load_dtu(root, downscale, splits, max_images)
-    return load_blender(root, downscale, splits, max_images)
+    return load_blender(root, downscale, splits, max_images, gt_protocol)
 
 
-def load_blender(root, downscale: int = 1, splits=SPLITS, max_images: dict | int | None = None) -> Scene:
+def load_blender(root, downscale: int = 1, splits=SPLITS, max_images: dict | int | None = None,
+                 gt_protocol: str = "premultiplied") -> Scene:
     """Read a scene folder in the Blender layout (see the module docstring).
 
     downscale: integer factor d; each image is reduced by averaging d x d blocks (area averaging, on
@@ -175,6 +177,8 @@ def load_blender(root, downscale: int = 1, splits=SPLITS, max_images: dict | int
         large one, so fx, fy, cx, cy all scale by 1 / d).
     splits: which transforms_<split>.json to read.
     max_images: keep only the first n frames of a split: {"train": n, ...} per split, or one int for all.
+    gt_protocol: how RGBA images are averaged by downscale (see `downscale_area`): "premultiplied" (ours) or
+        "straight" (the common loaders' way). It changes training images and ground truth alike.
     Errors (missing folder, file or image, malformed JSON, unreadable image, mixed sizes) raise a one-line
     UserError naming the file.
     """
@@ -186,7 +190,7 @@ def load_blender(root, downscale: int = 1, splits=SPLITS, max_images: dict | int
     loaded = {}
     for split in splits:
         limit = max_images.get(split) if isinstance(max_images, dict) else max_images
-        loaded[split] = _load_blender_split(root, split, downscale, limit)
+        loaded[split] = _load_blender_split(root, split, downscale, limit, gt_protocol)
     return Scene(
         name=root.name,
         root=root,
@@ -252,26 +256,35 @@ def _read_image(path: Path) -> np.ndarray:
     return image.astype(np.float32) / scale
 
 
-def downscale_area(image: np.ndarray, factor: int) -> np.ndarray:
+def downscale_area(image: np.ndarray, factor: int, protocol: str = "premultiplied") -> np.ndarray:
     """Reduce (H, W, C) by `factor` with area averaging over factor x factor blocks (remainder cropped).
 
-    For RGBA, colour is averaged premultiplied by alpha and divided back: a block half covered by a red
-    object becomes red with alpha 0.5, not a red/transparent-black mix. Returns (H // f, W // f, C).
+    For RGBA, `protocol` says how colour is averaged:
+      * "premultiplied" (ours): colour weighted by alpha, then divided back: a block half covered by a red object
+        becomes red with alpha 0.5. Composited over any background this equals compositing the full-size
+        image first and averaging after, the physically right small image.
+      * "straight": every channel averaged as stored, as common loaders do (e.g. a plain area resize of the
+        RGBA array): the colour of transparent pixels (black in Blender renders) leaks into edges, which come
+        out darker after compositing; scores differ from "premultiplied" by a few tenths of a dB at 100x100.
+    Returns (H // f, W // f, C).
     """
+    if protocol not in ("premultiplied", "straight"):
+        raise UserError(f"--gt_protocol must be premultiplied or straight, got {protocol!r}")
     if factor == 1:
         return image
     H, W, C = image.shape
     h, w = H // factor, W // factor
     blocks = image[: h * factor, : w * factor].reshape(h, factor, w, factor, C)
-    if C != 4:
-        return blocks.mean(axis=(1, 3))
+    if C != 4 or protocol == "straight":
+        return blocks.mean(axis=(1, 3)).astype(np.float32)
     alpha = blocks[..., 3:].mean(axis=(1, 3))  # (h, w, 1)
     premultiplied = (blocks[..., :3] * blocks[..., 3:]).mean(axis=(1, 3))  # (h, w, 3)
     rgb = np.where(alpha > 0, premultiplied / np.maximum(alpha, DIVISION_EPS), blocks[..., :3].mean(axis=(1, 3)))
     return np.concatenate([rgb, alpha], axis=-1).astype(np.float32)
 
 
-def _load_blender_split(root: Path, split: str, downscale: int, limit: int | None) -> Split:
+def _load_blender_split(root: Path, split: str, downscale: int, limit: int | None,
+                        gt_protocol: str = "premultiplied") -> Split:
     transforms = root / f"transforms_{split}.json"
     camera_angle_x, frames = _read_transforms(transforms)
     if limit is not None:
@@ -298,7 +311,7 @@ def _load_blender_split(root: Path, split: str, downscale: int, limit: int | Non
                 f"images of mixed sizes in {transforms}: {first} is {full_size[1]}x{full_size[0]} but {path} is "
                 f"{image.shape[1]}x{image.shape[0]}; resize them to one size"
             )
-        images.append(downscale_area(image, downscale))
+        images.append(downscale_area(image, downscale, gt_protocol))
     if len({image.shape[-1] for image in images}) > 1:  # some RGB, some RGBA: give all an alpha channel
         images = [im if im.shape[-1] == 4 else np.concatenate([im, np.ones_like(im[..., :1])], -1) for im in images]
     H_full, W_full = full_size

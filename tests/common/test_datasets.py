@@ -158,6 +158,21 @@ def test_downscale_is_a_premultiplied_block_mean_that_commutes_with_compositing(
         torch.testing.assert_close(small_then_composited, composited_then_small, atol=1e-6, rtol=0)
 
 
+def test_straight_gt_protocol_averages_rgba_as_stored_and_darkens_edges_over_white():
+    """--gt_protocol straight reproduces the common loaders (average RGBA, composite after): a block half covered
+    by a white object, half transparent black, comes out grey over white instead of white."""
+    rgba = np.zeros((2, 2, 4), dtype=np.float32)
+    rgba[0, :, :] = 1.0  # top row: opaque white; bottom row: transparent black (as Blender writes empty pixels)
+    straight = downscale_area(rgba, 2, "straight")
+    np.testing.assert_allclose(straight[0, 0], [0.5, 0.5, 0.5, 0.5])
+    over_white_straight = composite_on_background(torch.from_numpy(straight), 1.0)
+    over_white_ours = composite_on_background(torch.from_numpy(downscale_area(rgba, 2)), 1.0)
+    torch.testing.assert_close(over_white_ours, torch.ones(1, 1, 3))  # white object on white: white
+    torch.testing.assert_close(over_white_straight, torch.full((1, 1, 3), 0.75))  # the darker edge
+    with pytest.raises(UserError, match="gt_protocol"):
+        downscale_area(rgba, 2, "resize")
+
+
 def test_composite_on_background_and_background_colors():
     rgba = torch.tensor([[1.0, 0.0, 0.0, 0.25], [0.0, 1.0, 0.0, 1.0]])
     torch.testing.assert_close(composite_on_background(rgba, 1.0), torch.tensor([[1.0, 0.75, 0.75], [0.0, 1.0, 0.0]]))
