@@ -26,10 +26,11 @@ go on to world units with its scale_mat.
     python 05_instant_neus.py --quick                          # about a minute and a half on 2 CPU cores
     python 05_instant_neus.py --scene ../shared/data/dtu_scan24 --downscale 8   # DTU, NeuS layout
     python 05_instant_neus.py --scene <folder> --calc_bbox     # print the object's box for --bbox
-    python 05_instant_neus.py --outdir runs/x --export_mesh latest             # mesh of a checkpoint
+    python 05_instant_neus.py --outdir runs/x --export_mesh --mesh_resolution 512  # mesh of a run's checkpoint
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import time
@@ -42,7 +43,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
 from common.datasets import background_color, composite_on_background, load_scene
 from common.errors import UserError
@@ -52,15 +52,14 @@ from common.metrics import chamfer_distance, mse_to_psnr, sample_mesh_surface
 from common.numerics import safe_normalize
 from common.paths import spherical_path
 from common.rays import sample_ray_batch
-from common.training import (GracefulInterrupt, TrainLog, exit_interrupted, save_config, seed_everything,
-                             write_json)
+from common.training import TrainingRun, config_for_rendering, seed_everything, write_json
 from common.video import save_image, write_video
 from common.visual_hull import carve_grid, hull_bbox
 from kernels import ray_indices_from_counts
 from kernels.backend import resolve_backend
 from kernels.compositing import composite
 from kernels.hash_encoding import HashEncoding, hash_encode
-from kernels.ray_marching import OccupancyGrid, cell_indices_of, march_rays
+from kernels.ray_marching import OccupancyGrid, cell_indices_of, march_rays, pack_bitfield
 
 # 04's direction encoding (real spherical harmonics up to degree 3), reused rather than copied.
 spherical_harmonics = importlib.import_module("04_hashnerf").spherical_harmonics
@@ -127,7 +126,7 @@ class Config(RunConfig):
     lr_final_ratio: float = field(default=0.1, metadata={"help": "the learning rate decays exponentially to lr * this"})
     # --- meshes ---
     mesh_resolution: int = field(default=512, metadata={"help": "marching-cubes grid per side (NeuS: 512)"})
-    export_mesh: Optional[str] = field(default=None, metadata={"help": "mesh a checkpoint (a ckpt_*.pt path, or 'latest' in --outdir) and exit"})
+    export_mesh: bool = field(default=False, metadata={"help": "no training: mesh the latest checkpoint of --outdir (rebuilt from its saved config) into <outdir>/mesh.ply"})
     chamfer_points: int = field(default=100_000, metadata={"help": "points sampled on the mesh and the reference for Chamfer"})
 
 
@@ -417,18 +416,16 @@ def train(cfg: Config) -> dict:
     """Train the SDF field; evaluate views, extract and score the mesh; write pictures and videos. Returns metrics."""
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
-    outdir = Path(cfg.outdir or default_outdir("05_instant_neus", cfg.scene))
+    cfg.outdir = str(cfg.outdir or default_outdir("05_instant_neus", cfg.scene))
     seed_everything(cfg.seed)
-    scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale)
+    scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale, gt_protocol=cfg.gt_protocol)
     if cfg.calc_bbox:
         return estimate_bbox(scene, cfg)
-    if cfg.export_mesh:
-        return export_checkpoint_mesh(cfg, scene, outdir, device, backend)
-    outdir.mkdir(parents=True, exist_ok=True)
     train_split = scene.splits["train"]
     test_background = 1.0 if scene.white_background else 0.0
 
     field_, grid, frame = build(cfg, scene, device)
+    # instant-nsr-pl: Adam (0.9, 0.99, eps 1e-15) with the sharpness s on a 10x smaller learning rate.
     optimizer = torch.optim.Adam([
         dict(params=field_.encoding.parameters(), lr=cfg.lr),
         dict(params=list(field_.sdf_mlp.parameters()) + list(field_.color_mlp.parameters()), lr=cfg.lr),
@@ -436,99 +433,77 @@ def train(cfg: Config) -> dict:
     ], betas=(0.9, 0.99), eps=1e-15)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     generator = torch.Generator().manual_seed(cfg.seed)
+    render_fn = make_image_renderer(field_, grid, frame, cfg, backend, test_background, device)
 
-    start_step = 0
-    resume_from = latest_checkpoint(outdir) if cfg.resume else None
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=device)
+    # Visual hull (Jittor Instant-NeuS): before any training, every cell outside some view's mask is emptied for
+    # good; the hull's cells start occupied and the first grid update measures them all.
+    hull = compute_hull(scene, frame, cfg).to(device) if not (cfg.resume or cfg.render_only) else None
+    if hull is not None:
+        grid.bitfield.copy_(pack_bitfield(hull.float(), 0.5))
+
+    def save_state() -> dict:
+        return dict(field=field_.state_dict(), grid=grid.state_dict(), hull=hull, optimizer=optimizer.state_dict(),
+                    generator=generator.get_state())
+
+    def load_state(state: dict) -> None:
+        nonlocal hull
         field_.load_state_dict(state["field"])
         grid.load_state_dict(state["grid"])
         hull = state["hull"].to(device)
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        start_step = state["step"]
-        print(f"resuming from {resume_from} at step {start_step}")
-    else:
-        # Visual hull (Jittor Instant-NeuS): before any training, empty every cell outside some view's mask.
-        hull = compute_hull(scene, frame, cfg).to(device)
-        grid.density.zero_()
-        grid.density[hull] = 1.0
-        grid.pack(0.5, backend="torch")
-        grid.density.zero_()  # the first update measures every cell; the hull's cells start occupied
-    save_config(outdir, cfg)
+        field_.active_levels = active_levels(cfg, int(state["step"]))
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(checkpoint_path(outdir, step),
-                        dict(step=step, field=field_.state_dict(), grid=grid.state_dict(), hull=hull,
-                             optimizer=optimizer.state_dict(), generator=generator.get_state(), config=vars(cfg)))
+    def validate() -> float:
+        return evaluate_split(render_fn, scene.splits["val"], None, n_views=1, background=test_background,
+                              progress=False)["mean_psnr"]
 
-    log = TrainLog(outdir, total_steps=cfg.iters, start_step=start_step, desc=f"05_instant_neus {scene.name}")
-    step = start_step
-    try:
-        with GracefulInterrupt() as interrupt:
-            for step_to_do in range(start_step + 1, cfg.iters + 1):
-                field_.active_levels = active_levels(cfg, step_to_do)
-                if step_to_do % cfg.grid_update_every == 0:
-                    update_grid(grid, field_, hull, cfg, step_to_do, generator, backend)
+    # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
+    with TrainingRun(cfg, "05_instant_neus", scene, device, backend, save_state, load_state, validate) as run:
+        for step in run.steps():
+            field_.active_levels = active_levels(cfg, step)  # progressive levels
+            if step % cfg.grid_update_every == 0:
+                update_grid(grid, field_, hull, cfg, step, generator, backend)
 
-                rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator)
-                rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
-                if target.shape[-1] == 4:  # a mask: a random background per ray, the object must be opaque
-                    background = background_color("random", (rays_o.shape[0], 3), generator).to(device)
-                    target_rgb = composite_on_background(target, background)
-                else:
-                    background, target_rgb = test_background, target
-                out = render_rays(field_, grid, frame, rays_o, rays_d, cfg, backend, background, perturb=True,
-                                  cos_anneal_ratio=cos_anneal_ratio(cfg, step_to_do), generator=generator)
-                # NeuS Sec. 3.4: L1 colour + eikonal + mask BCE (+ the curvature term of Instant-NeuS).
-                loss_rgb = F.l1_loss(out["rgb"], target_rgb)
-                loss = loss_rgb + cfg.eikonal_weight * eikonal_loss(out["grad"])
-                if target.shape[-1] == 4 and cfg.mask_weight > 0:
-                    opacity = out["opacity"].clamp(MASK_BCE_CLIP, 1.0 - MASK_BCE_CLIP)
-                    loss = loss + cfg.mask_weight * F.binary_cross_entropy(opacity, target[:, 3])
-                w_curv = curvature_weight(cfg, step_to_do)
-                if w_curv > 0:
-                    loss = loss + w_curv * curvature_loss(out["laplacian"]).to(device)
+            rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator)
+            rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
+            if target.shape[-1] == 4:  # a mask: a random background per ray, the object must be opaque
+                background = background_color("random", (rays_o.shape[0], 3), generator).to(device)
+                target_rgb = composite_on_background(target, background)
+            else:
+                background, target_rgb = test_background, target
+            out = render_rays(field_, grid, frame, rays_o, rays_d, cfg, backend, background, perturb=True,
+                              cos_anneal_ratio=cos_anneal_ratio(cfg, step), generator=generator)
+            # NeuS Sec. 3.4: L1 colour + eikonal + mask BCE, plus the curvature term of Instant-NeuS.
+            loss_rgb = F.l1_loss(out["rgb"], target_rgb)
+            loss = loss_rgb + cfg.eikonal_weight * eikonal_loss(out["grad"])
+            if target.shape[-1] == 4 and cfg.mask_weight > 0:
+                opacity = out["opacity"].clamp(MASK_BCE_CLIP, 1.0 - MASK_BCE_CLIP)
+                loss = loss + cfg.mask_weight * F.binary_cross_entropy(opacity, target[:, 3])
+            if curvature_weight(cfg, step) > 0:
+                loss = loss + curvature_weight(cfg, step) * curvature_loss(out["laplacian"]).to(device)
 
-                factor = learning_rate_factor(cfg, step_to_do)
-                for group, base_lr in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = base_lr * factor
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step = step_to_do
+            factor = learning_rate_factor(cfg, step)
+            for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base_lr * factor
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.check_finite(step, loss, field_.parameters())
+            optimizer.step()
+            run.log(step, loss=loss.item(), psnr=mse_to_psnr(F.mse_loss(out["rgb"], target_rgb).item()),
+                    lr=cfg.lr * factor,
+                    extra=lambda: dict(samples_per_ray=round(out["n_samples"] / cfg.batch_rays, 2),
+                                       occupancy=round(grid.occupancy_fraction(), 4),
+                                       inv_s=round(field_.inv_s().item(), 2), levels=field_.active_levels))
 
-                out_of_time = cfg.time_budget_s > 0 and log.elapsed() >= cfg.time_budget_s
-                stopping = step == cfg.iters or out_of_time or interrupt.requested
-                write_row = step % cfg.log_every == 0 or stopping
-                stats = dict(samples_per_ray=round(out["n_samples"] / cfg.batch_rays, 2),
-                             occupancy=round(grid.occupancy_fraction(), 4), inv_s=round(field_.inv_s().item(), 2),
-                             levels=field_.active_levels) if write_row else {}
-                mse = F.mse_loss(out["rgb"], target_rgb).item()
-                log.step(step, loss=loss.item(), psnr=mse_to_psnr(mse), lr=cfg.lr * factor, write=write_row, **stats)
-                if cfg.eval_every and (step % cfg.eval_every == 0 or stopping):
-                    with log.paused():
-                        val = evaluate_split(make_image_renderer(field_, grid, frame, cfg, backend, test_background,
-                                                                 device), scene.splits["val"], None, n_views=1,
-                                             background=test_background, progress=False)
-                    log.note(step, val_psnr=round(val["mean_psnr"], 3))
-                if step % cfg.ckpt_every == 0 or stopping:
-                    checkpoint(step)
-                if interrupt.requested:
-                    raise KeyboardInterrupt
-                if out_of_time:
-                    log.write(f"time budget of {cfg.time_budget_s:g} s reached at step {step}")
-                    break
-    except KeyboardInterrupt:
-        exit_interrupted(log, step, outdir, "05_instant_neus.py")
-    log.close()
-
-    render_fn = make_image_renderer(field_, grid, frame, cfg, backend, test_background, device)
-    metrics = final_evaluation(render_fn, scene, outdir, cfg.n_test_views, cfg.video_frames, test_background,
-                               iters=step, backend=backend, device=str(device), preset=cfg.preset)
-    render_normals(render_fn, scene, outdir, cfg)
-    metrics.update(extract_and_score_mesh(field_, frame, scene, cfg, backend, device, outdir / "mesh.ply"))
-    write_json(outdir / "test" / "metrics.json", metrics)
+    if cfg.export_mesh:  # --export_mesh --outdir <run>: only the mesh of its latest checkpoint
+        return extract_and_score_mesh(field_, frame, scene, cfg, backend, device, Path(cfg.outdir) / "mesh.ply")
+    metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, test_background,
+                               camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
+                               preset=cfg.preset, gt_protocol=cfg.gt_protocol)
+    render_normals(render_fn, scene, Path(cfg.outdir), cfg)
+    metrics.update(extract_and_score_mesh(field_, frame, scene, cfg, backend, device, Path(cfg.outdir) / "mesh.ply"))
+    write_json(Path(cfg.outdir) / "test" / "metrics.json", metrics)
     return metrics
 
 
@@ -604,7 +579,7 @@ def builtin_reference_points(n_points: int) -> np.ndarray:
     from common import builtin_scene
 
     box = torch.tensor([[-1.5] * 3, [1.5] * 3])
-    values = sample_grid(builtin_scene.sdf, box, 256)
+    values = sample_grid(builtin_scene.sdf, box, 128)
     vertices, faces = marching_cubes(values, box, level=0.0, inside="below")
     points = torch.from_numpy(sample_mesh_surface(vertices, faces, n_points, seed=0))  # (P, 3) float64
     for _ in range(2):
@@ -644,26 +619,16 @@ def estimate_bbox(scene, cfg: Config) -> dict:
     return dict(bbox=box.flatten().tolist())
 
 
-def export_checkpoint_mesh(cfg: Config, scene, outdir: Path, device, backend: str) -> dict:
-    """--export_mesh: rebuild the field of a checkpoint (with the configuration it was trained with) and mesh it."""
-    path = latest_checkpoint(outdir) if cfg.export_mesh == "latest" else Path(cfg.export_mesh)
-    if path is None:
-        raise UserError(f"--export_mesh latest: no checkpoint in {outdir}; pass --outdir of a run or a ckpt_*.pt path")
-    state = load_checkpoint(path, map_location=device)
-    trained = Config(**{**vars(cfg), **{k: v for k, v in state["config"].items() if k in vars(cfg)}})
-    trained.mesh_resolution = cfg.mesh_resolution
-    field_, _, frame = build(trained, scene, device)
-    field_.load_state_dict(state["field"])
-    field_.active_levels = active_levels(trained, state["step"])
-    out = Path(path).with_suffix(".ply")
-    return extract_and_score_mesh(field_, frame, scene, trained, backend, device, out)
-
-
 # ================================================================================================
 # main
 # ================================================================================================
 def main(argv=None) -> dict:
     cfg = parse_config(Config, argv, presets=PRESETS)
+    if cfg.render_only or cfg.export_mesh:  # rebuild the model from the checkpoint's own config
+        mesh_settings = dict(export_mesh=cfg.export_mesh, mesh_resolution=cfg.mesh_resolution,
+                             chamfer_points=cfg.chamfer_points)
+        cfg = dataclasses.replace(config_for_rendering(dataclasses.replace(cfg, render_only=True), "05_instant_neus"),
+                                  **mesh_settings)
     return train(cfg)
 
 
