@@ -29,13 +29,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
+from common.cli import RunConfig, parse_config, resolve_device, run_main
 from common.datasets import composite_on_background, load_scene
 from common.errors import UserError
 from common.evaluation import evaluate_split, final_evaluation
 from common.metrics import mse_to_psnr
 from common.rays import sample_ray_batch
-from common.training import TrainingRun, config_for_rendering, decayed_learning_rate, seed_everything
+from common.training import TrainingRun, check_finite, decayed_learning_rate, prepare_run, seed_everything
 from kernels import starts_from_counts
 from kernels.backend import resolve_backend
 from kernels.compositing import composite
@@ -51,25 +51,25 @@ class Config(RunConfig):
 
     # The settings every script shares (--scene, --datadir, --outdir, --backend, --device, --seed, --quick,
     # --preset, --resume, --time_budget_s, logging and outputs) come from common/cli.py, RunConfig.
-    iters: int = field(default=200_000, metadata={"help": "training iterations (paper: 100k-300k)"})
+    iters: int = field(default=200_000, metadata={"help": "training iterations (paper: 100k-300k)", "min": 1})
     # --- model (Sec. 5, Appendix A) ---
-    pos_freqs: int = field(default=10, metadata={"help": "L for positions in Eq. 4"})
-    dir_freqs: int = field(default=4, metadata={"help": "L for viewing directions in Eq. 4"})
-    net_depth: int = field(default=8, metadata={"help": "layers of the density trunk"})
-    net_width: int = field(default=256, metadata={"help": "units per layer"})
-    skip_layer: int = field(default=4, metadata={"help": "0-based index of the layer after which gamma(x) is concatenated again (4: after the 5th layer, Fig. 7)"})
+    pos_freqs: int = field(default=10, metadata={"help": "L for positions in Eq. 4", "min": 0})
+    dir_freqs: int = field(default=4, metadata={"help": "L for viewing directions in Eq. 4", "min": 0})
+    net_depth: int = field(default=8, metadata={"help": "layers of the density trunk", "min": 1})
+    net_width: int = field(default=256, metadata={"help": "units per layer", "min": 2})
+    skip_layer: int = field(default=4, metadata={"help": "0-based index of the layer after which gamma(x) is concatenated again (4: after the 5th layer, Fig. 7)", "min": 0})
     density_activation: str = field(default="relu", metadata={"help": "relu (paper) | softplus (mip-NeRF's softplus(x - 1): never a zero gradient)"})
     # --- rendering (Sec. 5.2) ---
-    n_coarse: int = field(default=64, metadata={"help": "stratified samples per ray, coarse network"})
-    n_fine: int = field(default=128, metadata={"help": "importance samples per ray, fine network"})
-    early_stop_eps: float = field(default=0.0, metadata={"help": "stop compositing once transmittance < eps (0 = off)"})
-    chunk: int = field(default=4096, metadata={"help": "rays per forward pass when rendering whole images"})
+    n_coarse: int = field(default=64, metadata={"help": "stratified samples per ray, coarse network", "min": 3})
+    n_fine: int = field(default=128, metadata={"help": "importance samples per ray, fine network", "min": 0})
+    early_stop_eps: float = field(default=0.0, metadata={"help": "stop compositing once transmittance < eps (0 = off)", "min": 0, "below": 1})
+    chunk: int = field(default=4096, metadata={"help": "rays per forward pass when rendering whole images", "min": 1})
     # --- optimisation (Sec. 5.3) ---
-    batch_rays: int = field(default=1024, metadata={"help": "rays per iteration (paper: 4096)"})
-    lr: float = field(default=5e-4, metadata={"help": "Adam learning rate at the start"})
-    lr_final: float = field(default=5e-5, metadata={"help": "learning rate at the last iteration (exponential decay)"})
-    precrop_iters: int = field(default=500, metadata={"help": "sample only the central part of images for this many iterations"})
-    precrop_fraction: float = field(default=0.5, metadata={"help": "size of that central part"})
+    batch_rays: int = field(default=1024, metadata={"help": "rays per iteration (paper: 4096)", "min": 1})
+    lr: float = field(default=5e-4, metadata={"help": "Adam learning rate at the start", "above": 0})
+    lr_final: float = field(default=5e-5, metadata={"help": "learning rate at the last iteration (exponential decay)", "above": 0})
+    precrop_iters: int = field(default=500, metadata={"help": "sample only the central part of images for this many iterations", "min": 0})
+    precrop_fraction: float = field(default=0.5, metadata={"help": "size of that central part", "above": 0, "max": 1})
     mixed_precision: bool = field(default=False, metadata={"help": "fp16 autocast for the MLPs on a GPU, compositing stays fp32 (the paper trains in fp32)"})
 
 
@@ -275,11 +275,10 @@ def train(cfg: Config) -> dict:
     """Train coarse and fine networks; evaluate on the test split; write pictures and videos. Returns the metrics."""
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
-    cfg.outdir = str(cfg.outdir or default_outdir("01_nerf", cfg.scene))
     seed_everything(cfg.seed)
     scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale, gt_protocol=cfg.gt_protocol)
     train_split = scene.splits["train"]
-    background = 1.0 if scene.white_background else 0.0
+    background = scene.background  # white for Blender scenes (RGB images are taken to be on it too)
 
     coarse, fine = NeRFField(cfg).to(device), NeRFField(cfg).to(device)
     params = list(coarse.parameters()) + list(fine.parameters())
@@ -321,7 +320,7 @@ def train(cfg: Config) -> dict:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            run.check_finite(step, loss, params, check_grads=not scaler.is_enabled())
+            check_finite(step, loss, params, lr=lr, scaler=scaler)  # a NaN stops the run before the update
             scaler.step(optimizer)
             scaler.update()
             run.log(step, loss=loss.item(), psnr=mse_to_psnr(loss_fine.item()), lr=lr)
@@ -352,8 +351,8 @@ def make_image_renderer(coarse, fine, scene, cfg: Config, backend: str, backgrou
 # ================================================================================================
 def main(argv=None) -> dict:
     cfg = parse_config(Config, argv, presets=PRESETS)
-    if cfg.render_only:  # rebuild the model from the checkpoint's own config, not from today's defaults
-        cfg = config_for_rendering(cfg, "01_nerf")
+    # The run folder checked; with --resume or --render_only, the settings of the checkpoint being continued.
+    cfg = prepare_run(cfg, "01_nerf", required_keys=("coarse", "fine"))
     return train(cfg)
 
 

@@ -29,17 +29,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
+from common.cli import RunConfig, parse_config, resolve_device, run_main
 from common.datasets import background_color, composite_on_background, load_scene
 from common.evaluation import evaluate_split, final_evaluation
 from common.metrics import mse_to_psnr
 from common.rays import sample_ray_batch
-from common.training import TrainingRun, config_for_rendering, decayed_learning_rate, seed_everything
+from common.training import TrainingRun, check_finite, decayed_learning_rate, prepare_run, seed_everything
 from kernels import ray_indices_from_counts
 from kernels.backend import resolve_backend
 from kernels.compositing import composite
 from kernels.hash_encoding import HashEncoding, total_variation
-from kernels.ray_marching import OccupancyGrid, march_rays
+from kernels.ray_marching import OccupancyGrid, march_rays, occupancy_update, pack_bitfield
 
 
 # ================================================================================================
@@ -51,31 +51,31 @@ class Config(RunConfig):
 
     # The settings every script shares (--scene, --datadir, --outdir, --backend, --device, --seed, --quick,
     # --preset, --resume, --time_budget_s, logging and outputs) come from common/cli.py, RunConfig.
-    iters: int = field(default=20_000, metadata={"help": "training iterations (the paper's 5-minute result is ~50k steps; fewer here, with the decay below)"})
+    iters: int = field(default=20_000, metadata={"help": "training iterations (the paper's 5-minute result is ~50k steps; fewer here, with the decay below)", "min": 1})
     # --- hash encoding (Sec. 3, Table 1) ---
-    n_levels: int = field(default=16, metadata={"help": "L, resolution levels"})
-    n_features: int = field(default=2, metadata={"help": "F, features per level"})
-    log2_table_size: int = field(default=19, metadata={"help": "T = 2^this table entries per level"})
-    base_resolution: int = field(default=16, metadata={"help": "N_min, coarsest grid resolution"})
-    max_resolution: int = field(default=2048, metadata={"help": "N_max, finest grid resolution"})
-    hidden_width: int = field(default=64, metadata={"help": "units of the small MLPs (Sec. 5.4)"})
+    n_levels: int = field(default=16, metadata={"help": "L, resolution levels", "min": 1})
+    n_features: int = field(default=2, metadata={"help": "F, features per level", "min": 1, "max": 8})
+    log2_table_size: int = field(default=19, metadata={"help": "T = 2^this table entries per level", "min": 1, "max": 30})
+    base_resolution: int = field(default=16, metadata={"help": "N_min, coarsest grid resolution", "min": 1})
+    max_resolution: int = field(default=2048, metadata={"help": "N_max, finest grid resolution", "min": 1})
+    hidden_width: int = field(default=64, metadata={"help": "units of the small MLPs (Sec. 5.4)", "min": 1})
     # --- occupancy grid and marching (Sec. 5.4, Appendix E) ---
-    grid_resolution: int = field(default=128, metadata={"help": "occupancy grid cells per side"})
-    grid_update_every: int = field(default=16, metadata={"help": "iterations between occupancy updates"})
-    grid_warmup: int = field(default=256, metadata={"help": "iterations during which every cell is updated"})
-    grid_threshold: float = field(default=0.01, metadata={"help": "a cell is occupied when one step through it has optical thickness above this"})
-    grid_decay: float = field(default=0.95, metadata={"help": "decay of the running max of densities per update"})
-    steps_per_diagonal: int = field(default=1024, metadata={"help": "marching step = box diagonal / this (paper: sqrt(3)/1024 per unit)"})
-    max_samples: int = field(default=1024, metadata={"help": "cap on samples per ray"})
-    early_stop_eps: float = field(default=1e-4, metadata={"help": "stop a ray once its transmittance drops below this"})
-    chunk: int = field(default=8192, metadata={"help": "rays per forward pass when rendering whole images"})
+    grid_resolution: int = field(default=128, metadata={"help": "occupancy grid cells per side", "min": 2, "multiple_of": 2})
+    grid_update_every: int = field(default=16, metadata={"help": "iterations between occupancy updates", "min": 1})
+    grid_warmup: int = field(default=256, metadata={"help": "iterations during which every cell is updated", "min": 0})
+    grid_threshold: float = field(default=0.01, metadata={"help": "a cell is occupied when one step through it has optical thickness above this", "min": 0})
+    grid_decay: float = field(default=0.95, metadata={"help": "decay of the running max of densities per update", "min": 0, "max": 1})
+    steps_per_diagonal: int = field(default=1024, metadata={"help": "marching step = box diagonal / this (paper: sqrt(3)/1024 per unit)", "min": 1})
+    max_samples: int = field(default=1024, metadata={"help": "cap on samples per ray", "min": 1})
+    early_stop_eps: float = field(default=1e-4, metadata={"help": "stop a ray once its transmittance drops below this", "min": 0, "below": 1})
+    chunk: int = field(default=8192, metadata={"help": "rays per forward pass when rendering whole images", "min": 1})
     # --- optimisation (Sec. 4) ---
-    batch_rays: int = field(default=4096, metadata={"help": "rays per iteration"})
-    lr: float = field(default=1e-2, metadata={"help": "Adam learning rate (paper: 1e-2)"})
-    lr_final: float = field(default=3e-4, metadata={"help": "learning rate at the last iteration; we decay exponentially, the paper steps it down x0.33 at 20k steps and every 10k after (Sec. 5.4)"})
-    weight_decay: float = field(default=1e-6, metadata={"help": "L2 on the MLP weights only (paper: 1e-6)"})
-    sparsity_weight: float = field(default=0.0, metadata={"help": "JHashNeRF sparsity loss on densities (0 = off)"})
-    tv_weight: float = field(default=0.0, metadata={"help": "JHashNeRF total-variation loss on the hash grid (0 = off)"})
+    batch_rays: int = field(default=4096, metadata={"help": "rays per iteration", "min": 1})
+    lr: float = field(default=1e-2, metadata={"help": "Adam learning rate (paper: 1e-2)", "above": 0})
+    lr_final: float = field(default=3e-4, metadata={"help": "learning rate at the last iteration; we decay exponentially, the paper steps it down x0.33 at 20k steps and every 10k after (Sec. 5.4)", "above": 0})
+    weight_decay: float = field(default=1e-6, metadata={"help": "L2 on the MLP weights only (paper: 1e-6)", "min": 0})
+    sparsity_weight: float = field(default=0.0, metadata={"help": "JHashNeRF sparsity loss on densities (0 = off)", "min": 0})
+    tv_weight: float = field(default=0.0, metadata={"help": "JHashNeRF total-variation loss on the hash grid (0 = off)", "min": 0})
     mixed_precision: bool = field(default=True, metadata={"help": "fp16 autocast for the MLPs on a GPU, compositing stays fp32 (Instant-NGP's MLPs run in half precision)"})
 
 
@@ -209,6 +209,38 @@ def marching_step(aabb: torch.Tensor, cfg: Config) -> float:
     return float((aabb[1] - aabb[0]).norm()) / cfg.steps_per_diagonal
 
 
+def update_occupancy_grid(grid: OccupancyGrid, step: int, cfg: Config, optical_thickness, generator: torch.Generator,
+                          backend: str) -> None:
+    """Instant-NGP's occupancy-grid policy (Appendix E.2), run every cfg.grid_update_every steps.
+
+    1. Which cells: during the warm-up (the first cfg.grid_warmup steps) every cell; after it, G^3/4 cells, half
+       drawn uniformly over the grid (so that newly dense regions are found) and half among the cells marked
+       occupied (so that the regions rays actually pass through stay fresh).
+    2. Each chosen cell is measured at a random point inside it: its optical thickness sigma * dt for one marching
+       step (the opacity-like quantity of Appendix E).
+    3. Decayed maximum: value = max(decay * value, new), so a cell forgets a density the field no longer has,
+       at a rate of cfg.grid_decay per update.
+    4. Occupied: value > min(cfg.grid_threshold, mean value), the min keeping a dim early scene from vanishing.
+    Departures from the paper, which decays every cell at each update and re-evaluates more cells per update
+    after the warm-up: we decay only the cells re-evaluated and take G^3/4 of them (cheaper on a CPU).
+    """
+    n_cells, device = grid.n_cells, grid.density.device
+    if step <= cfg.grid_warmup:
+        cells = torch.arange(n_cells, device=device)  # (G^3,) every cell
+    else:
+        n_chosen = n_cells // 4
+        uniform = torch.randint(0, n_cells, (n_chosen // 2,), generator=generator)  # (M/2,) anywhere
+        occupied = torch.nonzero(grid.occupied_mask()).flatten().cpu()  # (O,) cells marked occupied
+        picks = torch.randint(0, max(len(occupied), 1), (n_chosen - n_chosen // 2,), generator=generator)
+        near_surfaces = occupied[picks] if len(occupied) else picks[:0]  # (M/2,) where the scene is
+        cells = torch.unique(torch.cat([uniform, near_surfaces])).to(device)  # (M,) distinct: one thread per cell
+    points = grid.cell_points(cells, generator)  # (M, 3) a random point in each cell
+    new_values = torch.cat([optical_thickness(chunk) for chunk in points.split(1 << 16)])  # (M,) sigma * dt
+    grid.density.copy_(occupancy_update(grid.density, cells, new_values, cfg.grid_decay, backend))  # 3. (kernel)
+    threshold = min(cfg.grid_threshold, float(grid.density.mean()))  # 4.
+    grid.bitfield.copy_(pack_bitfield(grid.density, threshold, backend))  # bit b of byte k: cell 8k + b (kernel)
+
+
 # ================================================================================================
 # Rendering: march through the occupancy grid, evaluate the field at the samples, composite (Eq. 3 of NeRF)
 # ================================================================================================
@@ -261,16 +293,14 @@ def train(cfg: Config) -> dict:
     """Train the hash-grid field; evaluate on the test split; write pictures and videos. Returns the metrics."""
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
-    cfg.outdir = str(cfg.outdir or default_outdir("04_hashnerf", cfg.scene))
     seed_everything(cfg.seed)
     scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale, gt_protocol=cfg.gt_protocol)
     train_split = scene.splits["train"]
     aabb = scene.aabb.to(device)
-    test_background = 1.0 if scene.white_background else 0.0
+    test_background = scene.background  # white for Blender scenes (RGB images are taken to be on it too)
 
     field_ = HashField(cfg, aabb).to(device)
-    grid = OccupancyGrid(aabb, resolution=cfg.grid_resolution, decay=cfg.grid_decay,
-                         threshold=cfg.grid_threshold).to(device)
+    grid = OccupancyGrid(aabb, resolution=cfg.grid_resolution).to(device)
     # Sec. 4: Adam (0.9, 0.99, eps 1e-15: the tables' rarely-touched entries need the tiny epsilon), with
     # weight decay on the MLPs only (decaying the tables would erase rarely visited entries).
     optimizer = torch.optim.Adam([
@@ -305,10 +335,8 @@ def train(cfg: Config) -> dict:
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
     with TrainingRun(cfg, "04_hashnerf", scene, device, backend, save_state, load_state, validate) as run:
         for step in run.steps():
-            # Appendix E.2: refresh the grid every few steps (every cell during warm-up).
-            if step % cfg.grid_update_every == 0:
-                grid.update(optical_thickness, generator=generator, backend=backend,
-                            warmup=step <= cfg.grid_warmup)
+            if step % cfg.grid_update_every == 0:  # Appendix E.2: keep the grid in step with the field
+                update_occupancy_grid(grid, step, cfg, optical_thickness, generator, backend)
 
             rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator)
             rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
@@ -333,7 +361,7 @@ def train(cfg: Config) -> dict:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            run.check_finite(step, loss, field_.parameters(), check_grads=not scaler.is_enabled())
+            check_finite(step, loss, field_.parameters(), lr=lr, scaler=scaler)  # a NaN stops the run here
             scaler.step(optimizer)
             scaler.update()
             # Marching statistics go to the CSV rows only (counting occupied cells unpacks the whole grid).
@@ -366,8 +394,8 @@ def make_image_renderer(field_: HashField, grid: OccupancyGrid, cfg: Config, bac
 # ================================================================================================
 def main(argv=None) -> dict:
     cfg = parse_config(Config, argv, presets=PRESETS)
-    if cfg.render_only:  # rebuild the model from the checkpoint's own config, not from today's defaults
-        cfg = config_for_rendering(cfg, "04_hashnerf")
+    # The run folder checked; with --resume or --render_only, the settings of the checkpoint being continued.
+    cfg = prepare_run(cfg, "04_hashnerf", required_keys=("field", "grid"))
     return train(cfg)
 
 

@@ -91,8 +91,8 @@ def test_hashnerf_nan_loss_stops_the_run_at_that_step_and_keeps_finite_checkpoin
         run_main(hashnerf_script.main, argv)
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert message.startswith("error:") and "NaN or infinite at step" in message and "--lr" in message
-    bad_step = int(message.split("at step ")[1].split(";")[0])
+    assert message.startswith("error:") and "diverged at step" in message and "--lr" in message
+    bad_step = int(message.split("at step ")[1].split(":")[0])
     checkpoints = sorted(tmp_path.glob("ckpt_*.pt"))
     assert checkpoints and not (tmp_path / f"ckpt_{bad_step:06d}.pt").exists()
     last = torch.load(checkpoints[-1], weights_only=False)
@@ -158,3 +158,32 @@ def test_the_one_level_hash_encoding_on_the_page_equals_each_level_of_the_fast_e
                                                     int(encoding.resolutions[level]))
         torch.testing.assert_close(fast[:, 2 * level:2 * level + 2], reference, rtol=1e-5, atol=1e-6,
                                    msg=f"level {level}")
+
+
+@pytest.mark.parametrize("backend", ["torch", "emulated"])
+def test_grid_policy_carves_a_sphere_then_refreshes_only_the_chosen_cells(hashnerf_script, backend):
+    """update_occupancy_grid (Appendix E.2, on the page in 04): the warm-up evaluates every cell, so a sphere of
+    density is found and empty corners are dropped; after the warm-up G^3/4 cells are re-evaluated, and only
+    those decay (max(0.95 * value, 0) on a field that became empty)."""
+    import math
+
+    from kernels.ray_marching import OccupancyGrid
+
+    cfg = hashnerf_script.Config(grid_warmup=10, grid_decay=0.95, grid_threshold=1.0)
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=16)
+    generator = torch.Generator().manual_seed(0)
+    sphere = lambda p: 20.0 * (p.norm(dim=-1) < 0.5).float()  # noqa: E731
+    hashnerf_script.update_occupancy_grid(grid, 5, cfg, sphere, generator, backend)  # step 5: warm-up
+    sphere_fraction = (4 / 3 * math.pi * 0.5 ** 3) / 8
+    assert 0.5 * sphere_fraction < grid.occupancy_fraction() < 2.5 * sphere_fraction
+    mask = grid.occupied_mask()
+    assert mask[8 + 8 * 16 + 8 * 16 ** 2] and not mask[0]  # the centre cell is occupied, a corner is not
+
+    before = grid.density.clone()
+    hashnerf_script.update_occupancy_grid(grid, 20, cfg, lambda p: torch.zeros(len(p)), generator, backend)
+    changed = grid.density != before
+    assert 0 < int(changed.sum()) <= grid.n_cells // 4
+    torch.testing.assert_close(grid.density[changed], before[changed] * 0.95, rtol=0, atol=0)
+    # half the refreshed cells were drawn among the occupied ones: the sphere's cells are over-represented
+    inside = before > 0
+    assert changed[inside].float().mean() > changed[~inside].float().mean()
