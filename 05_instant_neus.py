@@ -52,7 +52,7 @@ from common.metrics import chamfer_distance, mse_to_psnr, sample_mesh_surface
 from common.numerics import safe_normalize
 from common.paths import spherical_path
 from common.rays import sample_ray_batch
-from common.training import TrainingRun, config_for_rendering, seed_everything, write_json
+from common.training import TrainingRun, check_finite, prepare_run, seed_everything, write_json
 from common.video import save_image, write_video
 from common.visual_hull import carve_grid, hull_bbox
 from kernels import ray_indices_from_counts
@@ -61,8 +61,10 @@ from kernels.compositing import composite
 from kernels.hash_encoding import HashEncoding, hash_encode
 from kernels.ray_marching import OccupancyGrid, cell_indices_of, march_rays, pack_bitfield
 
-# 04's direction encoding (real spherical harmonics up to degree 3), reused rather than copied.
-spherical_harmonics = importlib.import_module("04_hashnerf").spherical_harmonics
+# From 04: the direction encoding (real spherical harmonics up to degree 3) and the occupancy-grid policy (which
+# cells, decay, threshold, warm-up), reused rather than copied.
+_hashnerf = importlib.import_module("04_hashnerf")
+spherical_harmonics, update_occupancy_grid = _hashnerf.spherical_harmonics, _hashnerf.update_occupancy_grid
 
 # NeuS adds 1e-5 to the numerator and denominator of its opacity (renderer.py), so that alpha is 0, not 0/0,
 # where Phi_s of the interval's start underflows (deep inside the object).
@@ -368,9 +370,10 @@ def learning_rate_factor(cfg: Config, step: int) -> float:
 # ================================================================================================
 def update_grid(grid: OccupancyGrid, field_: NeuSField, hull: torch.Tensor, cfg: Config, step: int,
                 generator: torch.Generator, backend: str) -> None:
-    """Refresh the occupancy grid from the SDF: a cell's value is the NeuS opacity of one step through a random
-    point in it (`cell_opacity`), 0 outside the visual hull (those cells stay empty for good). Every cell during
-    warm-up, then a quarter (Instant-NGP Appendix E.2; nerfacc's defaults as in instant-nsr-pl)."""
+    """05's grid policy: 04's update (`update_occupancy_grid`: which cells, decayed maximum, threshold), measuring
+    in each cell the NeuS opacity of one marching step through a random point (`cell_opacity`, instant-nsr-pl),
+    and 0 outside the visual hull, so that those cells stay empty for good. As s grows the opacity of cells away
+    from the surface falls, and the grid is pruned from the SDF as training goes."""
     step_size = marching_step(cfg)
 
     @torch.no_grad()
@@ -378,7 +381,7 @@ def update_grid(grid: OccupancyGrid, field_: NeuSField, hull: torch.Tensor, cfg:
         inside = hull[cell_indices_of(points, grid.aabb, grid.resolution)]  # (M,)
         return cell_opacity(field_.sdf(points, backend)[0], step_size, field_.inv_s()) * inside
 
-    grid.update(opacity_fn, generator=generator, backend=backend, warmup=step <= cfg.grid_warmup)
+    update_occupancy_grid(grid, step, cfg, opacity_fn, generator, backend)
 
 
 def unit_frame(scene, cfg: Config) -> tuple[torch.Tensor, float]:
@@ -407,8 +410,7 @@ def build(cfg: Config, scene, device):
     frame_centre, half = unit_frame(scene, cfg)
     frame = (frame_centre.to(device), half)
     field_ = NeuSField(cfg).to(device)
-    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=cfg.grid_resolution, decay=cfg.grid_decay,
-                         threshold=cfg.grid_threshold).to(device)
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=cfg.grid_resolution).to(device)
     return field_, grid, frame
 
 
@@ -416,7 +418,6 @@ def train(cfg: Config) -> dict:
     """Train the SDF field; evaluate views, extract and score the mesh; write pictures and videos. Returns metrics."""
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
-    cfg.outdir = str(cfg.outdir or default_outdir("05_instant_neus", cfg.scene))
     seed_everything(cfg.seed)
     scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale, gt_protocol=cfg.gt_protocol)
     if cfg.calc_bbox:
@@ -437,7 +438,8 @@ def train(cfg: Config) -> dict:
 
     # Visual hull (Jittor Instant-NeuS): before any training, every cell outside some view's mask is emptied for
     # good; the hull's cells start occupied and the first grid update measures them all.
-    hull = compute_hull(scene, frame, cfg).to(device) if not (cfg.resume or cfg.render_only) else None
+    # (A resumed or rendered run gets its hull back from the checkpoint, in load_state.)
+    hull = compute_hull(scene, frame, cfg).to(device) if not cfg.render_only else None
     if hull is not None:
         grid.bitfield.copy_(pack_bitfield(hull.float(), 0.5))
 
@@ -488,7 +490,7 @@ def train(cfg: Config) -> dict:
                 group["lr"] = base_lr * factor
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            run.check_finite(step, loss, field_.parameters())
+            check_finite(step, loss, field_.parameters(), lr=cfg.lr * factor)  # a NaN stops the run here
             optimizer.step()
             run.log(step, loss=loss.item(), psnr=mse_to_psnr(F.mse_loss(out["rgb"], target_rgb).item()),
                     lr=cfg.lr * factor,
@@ -624,11 +626,17 @@ def estimate_bbox(scene, cfg: Config) -> dict:
 # ================================================================================================
 def main(argv=None) -> dict:
     cfg = parse_config(Config, argv, presets=PRESETS)
-    if cfg.render_only or cfg.export_mesh:  # rebuild the model from the checkpoint's own config
-        mesh_settings = dict(export_mesh=cfg.export_mesh, mesh_resolution=cfg.mesh_resolution,
-                             chamfer_points=cfg.chamfer_points)
-        cfg = dataclasses.replace(config_for_rendering(dataclasses.replace(cfg, render_only=True), "05_instant_neus"),
-                                  **mesh_settings)
+    mesh_settings = dict(export_mesh=cfg.export_mesh, mesh_resolution=cfg.mesh_resolution,
+                         chamfer_points=cfg.chamfer_points)
+    typed = cfg.cli_options  # dataclasses.replace resets this init=False field: carry it over
+    if cfg.export_mesh:  # the mesh of a trained model: no training, as --render_only
+        cfg = dataclasses.replace(cfg, render_only=True)
+        cfg.cli_options = typed
+    # The run folder checked; with --resume or --render_only, the settings of the checkpoint being continued.
+    cfg = prepare_run(cfg, "05_instant_neus", required_keys=("field", "grid", "hull"))
+    if cfg.render_only:  # the mesh settings of this command line, not of the checkpoint
+        cfg = dataclasses.replace(cfg, **mesh_settings)
+        cfg.cli_options = typed
     return train(cfg)
 
 
