@@ -107,7 +107,8 @@ def chamfer_distance(points, reference, max_dist: float = math.inf) -> dict:
         completeness = mean over the reference points q of min_p |q - p|          (is all of it there?)
         chamfer      = (accuracy + completeness) / 2
 
-    Distances above `max_dist` are truncated to it (DTU: 20 mm) so that a few stray points cannot dominate.
+    Distances of `max_dist` or more are left out of each mean (DTU: 20 mm), as the official evaluation and
+    DTUeval-python do (`mean(d[d < max_dist])`), so that a few stray points cannot dominate.
     points: (P, 3) reconstruction samples (e.g. `sample_mesh_surface` of a mesh); reference: (Q, 3); arrays or
     tensors, in the same units. Nearest neighbours come from a k-d tree (scipy), exact.
     Returns {'accuracy', 'completeness', 'chamfer'} as floats in those units (inf when either set is empty).
@@ -121,6 +122,8 @@ def chamfer_distance(points, reference, max_dist: float = math.inf) -> dict:
     points, reference = as_array(points), as_array(reference)
     if len(points) == 0 or len(reference) == 0:
         return dict(accuracy=math.inf, completeness=math.inf, chamfer=math.inf)
-    accuracy = float(np.minimum(cKDTree(reference).query(points)[0], max_dist).mean())
-    completeness = float(np.minimum(cKDTree(points).query(reference)[0], max_dist).mean())
+    to_reference = cKDTree(reference).query(points)[0]  # (P,) each reconstruction point to its nearest reference
+    to_points = cKDTree(points).query(reference)[0]  # (Q,)
+    accuracy = float(to_reference[to_reference < max_dist].mean()) if (to_reference < max_dist).any() else math.inf
+    completeness = float(to_points[to_points < max_dist].mean()) if (to_points < max_dist).any() else math.inf
     return dict(accuracy=accuracy, completeness=completeness, chamfer=0.5 * (accuracy + completeness))
