@@ -144,7 +144,8 @@ def _reason_of(err: UserError) -> str:
 # the checkpoint's values, so that its config.json, its log and its result describe one consistent run.
 RESUMABLE_FIELDS = frozenset({
     "iters", "time_budget_s", "log_every", "eval_every", "ckpt_every", "n_test_views", "video_frames",
-    "chunk", "device", "backend", "resume", "outdir", "cli_options",
+    "chunk", "device", "backend", "resume", "outdir", "cli_options", "render_only", "camera_path",
+    "export_mesh", "mesh_resolution", "mesh_threshold",  # what 04 writes at the end
 })
 
 

@@ -319,7 +319,7 @@ RENDER_SETTINGS = ("outdir", "datadir", "device", "backend", "chunk", "n_test_vi
                    "render_only", "camera_path")
 
 
-def prepare_run(cfg, script: str, required_keys=()):
+def prepare_run(cfg, script: str, required_keys=(), output_settings=()):
     """Everything that must be settled before a script builds its model or loads data, in one call from main():
 
       * --outdir: its default (runs/<script>/<scene>) filled in, and checked (a file, a read-only place: one
@@ -331,7 +331,8 @@ def prepare_run(cfg, script: str, required_keys=()):
         resume_config: settings not typed again come from the checkpoint, contradicting ones are refused, as is
         a checkpoint of another script).
     script: e.g. "01_nerf"; required_keys: what the script's checkpoints hold (e.g. ("coarse", "fine")), to
-    recognise a folder of another script. Returns the Config to run with.
+    recognise a folder of another script; output_settings: the script's own settings that, like RENDER_SETTINGS,
+    only say what to write (e.g. 04's export_mesh). Returns the Config to run with.
     """
     outdir = cfg.outdir or default_outdir(script, cfg.scene)
     prepare_run_folder(outdir, create=False)
@@ -350,7 +351,7 @@ def prepare_run(cfg, script: str, required_keys=()):
                             f"python {saved_script}.py --render_only --outdir {outdir}")
         known = {f.name for f in dataclasses.fields(cfg) if f.init}
         saved = {key: value for key, value in state["config"].items() if key in known}
-        saved.update({key: getattr(cfg, key) for key in RENDER_SETTINGS})
+        saved.update({key: getattr(cfg, key) for key in (*RENDER_SETTINGS, *output_settings)})
         return _replaced(cfg, **saved)
     if cfg.resume:
         found = load_latest_valid_checkpoint(outdir)

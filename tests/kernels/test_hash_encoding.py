@@ -11,7 +11,7 @@ import torch
 
 from kernels import backend as kernel_backend
 from kernels.hash_encoding import (HashEncoding, grid_index, hash_encode, hash_encode_torch, is_dense_level,
-                                   level_resolutions, level_scales, total_variation)
+                                   level_resolutions, level_scales)
 
 
 def small_encoding(seed=0, n_levels=6, log2_table_size=12, base_resolution=4, max_resolution=128):
@@ -242,25 +242,6 @@ def test_hashed_and_dense_rows_match_hand_computed_indices(backend):
     assert encoded_dense[0, 2].item() == dense_row
 
 
-def test_total_variation_is_zero_on_constant_dense_levels_and_differentiable():
-    encoding = small_encoding()
-    dense = is_dense_level(encoding.resolutions, encoding.table_size)
-    with torch.no_grad():
-        encoding.table[dense] = 0.5  # constant on the dense levels, random on the hashed ones
-    assert total_variation(encoding, generator=torch.Generator().manual_seed(0)).item() == 0.0
-
-    encoding = small_encoding()
-    loss = total_variation(encoding, n_vertices=256, generator=torch.Generator().manual_seed(0))
-    assert loss.item() > 0
-    loss.backward()
-    grad = encoding.table.grad
-    assert grad[dense].abs().sum() > 0 and grad[~dense].abs().sum() == 0  # hashed levels are not regularised
-    # Same draw, same value; the raw-table form needs the resolutions.
-    again = total_variation(encoding.table, encoding.resolutions, n_vertices=256,
-                            generator=torch.Generator().manual_seed(0))
-    assert again.item() == loss.item()
-
-
 # ----------------------------------------------------------------------------------------------------------
 # CUDA through CuPy
 # ----------------------------------------------------------------------------------------------------------
@@ -279,5 +260,3 @@ def test_cuda_forward_and_backward_match_twin():
     assert torch.allclose(out_cuda, out_twin, atol=1e-5, rtol=0)
     assert_close_relative(table_cuda, table_twin, rtol=1e-5)
     assert_close_relative(x_cuda, x_twin, rtol=1e-4)
-    # The training script draws the regulariser's vertices with a CPU generator for a table on the GPU.
-    assert torch.isfinite(total_variation(encoding, generator=torch.Generator().manual_seed(0)))
