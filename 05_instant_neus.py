@@ -30,7 +30,6 @@ go on to world units with its scale_mat.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import math
 import time
@@ -627,17 +626,11 @@ def estimate_bbox(scene, cfg: Config) -> dict:
 # ================================================================================================
 def main(argv=None) -> dict:
     cfg = parse_config(Config, argv, presets=PRESETS)
-    mesh_settings = dict(export_mesh=cfg.export_mesh, mesh_resolution=cfg.mesh_resolution,
-                         chamfer_points=cfg.chamfer_points)
-    typed = cfg.cli_options  # dataclasses.replace resets this init=False field: carry it over
-    if cfg.export_mesh:  # the mesh of a trained model: no training, as --render_only
-        cfg = dataclasses.replace(cfg, render_only=True)
-        cfg.cli_options = typed
+    if cfg.export_mesh:  # the mesh of a trained run's latest checkpoint, and nothing else: as --render_only
+        cfg.render_only = True
     # The run folder checked; with --resume or --render_only, the settings of the checkpoint being continued.
-    cfg = prepare_run(cfg, "05_instant_neus", required_keys=("field", "grid", "hull"))
-    if cfg.render_only:  # the mesh settings of this command line, not of the checkpoint
-        cfg = dataclasses.replace(cfg, **mesh_settings)
-        cfg.cli_options = typed
+    cfg = prepare_run(cfg, "05_instant_neus", required_keys=("field", "grid", "hull"),
+                      output_settings=("export_mesh", "mesh_resolution", "chamfer_points"))
     return train(cfg)
 
 
