@@ -122,3 +122,30 @@ def test_instant_neus_learns_the_builtin_images_and_surface(neus, tmp_path):
     vertices, faces, colors = read_ply(tmp_path / "mesh.ply")
     assert colors is not None and len(faces) > 1000
     assert (tmp_path / "test" / "normal_000.png").exists()
+
+
+@pytest.mark.slow
+def test_scan24_visual_hull_keeps_what_a_short_run_finds_occupied(neus, tmp_path):
+    """DTU scan 24 at 100x75: a short run *without* the visual hull prunes its occupancy grid from the SDF alone; the
+    cells it keeps occupied (the object it found) lie inside the hull of the masks, which carves away much of the box."""
+    from tests.conftest import SHARED_DATA
+
+    scan = SHARED_DATA / "dtu_scan24"
+    if not (scan / "cameras_sphere.npz").exists():
+        pytest.skip("DTU scan 24 not found at ../shared/data/dtu_scan24")
+    neus.main(["--scene", str(scan), "--downscale", "16", "--quick", "--no-visual_hull", "--iters", "150",
+               "--batch_rays", "256", "--grid_update_every", "4", "--outdir", str(tmp_path), "--device", "cpu",
+               "--backend", "emulated", "--n_test_views", "1", "--mesh_resolution", "32", *NO_VIDEO])
+    state = torch.load(tmp_path / "ckpt_000150.pt", weights_only=False)
+    bits = (state["grid"]["bitfield"][:, None].to(torch.int64) >> torch.arange(8)) & 1
+    occupied = bits.flatten().bool()
+    from common.dtu import load_dtu
+    from common.visual_hull import carve_grid
+
+    scene = load_dtu(scan, downscale=16)
+    resolution = round(occupied.numel() ** (1 / 3))
+    hull = carve_grid(scene.aabb, resolution, scene.splits["train"])
+    assert float(occupied.float().mean()) < 0.6  # the run did prune the grid (measured: 43% left)
+    assert float(hull.float().mean()) < 0.75  # (58%: scan 24's masks cover most of each image)
+    inside = float(occupied[hull].sum()) / float(occupied.sum())  # measured: 0.94
+    assert inside > 0.9 and inside > float(hull.float().mean()) + 0.2  # far above what chance would give
