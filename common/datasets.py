@@ -180,6 +180,10 @@ def load_scene(
             f"unknown scene {scene!r}: pass --scene builtin, one of the Blender scenes ({', '.join(BLENDER_SCENES)}) "
             f"or the path of a folder holding transforms_train.json"
         )
+    if (root / "cameras_sphere.npz").exists():  # the NeuS / DTU layout (common/dtu.py)
+        from common.dtu import load_dtu
+
+        return load_dtu(root, downscale, splits, max_images)
     return load_blender(root, downscale, splits, max_images, gt_protocol)
 
 
