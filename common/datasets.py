@@ -122,7 +122,7 @@ def load_scene(
     """Load a scene by name or path.
 
     scene: "builtin" (the procedural scene, generated into `datadir` or <repo>/data/builtin when missing or
-        out of date), a Blender scene name ("lego", "chair", ...; read from `datadir` or
+        out of date), "builtin_unbounded" (the same objects inside a distant sky, `common.builtin_unbounded`), a Blender scene name ("lego", "chair", ...; read from `datadir` or
         <repo>/data/nerf_synthetic/<scene>), or the path of any folder in the Blender layout.
     datadir: the scene folder itself (for a Blender scene name, the nerf_synthetic folder holding <scene>/ also
         works).
@@ -141,6 +141,20 @@ def load_scene(
             ) from err
         loaded = load_blender(root, downscale, splits, max_images)
         loaded.name = "builtin"
+        return loaded
+    if scene == "builtin_unbounded":
+        from common import builtin_unbounded
+
+        root = Path(datadir) if datadir is not None else builtin_unbounded.DEFAULT_ROOT
+        try:
+            root = builtin_unbounded.ensure_unbounded_scene(root)
+        except OSError as err:
+            raise UserError(f"cannot write the built-in unbounded scene into {root} ({err.strerror or err}): pass "
+                            f"--datadir with a writable folder") from err
+        loaded = load_blender(root, downscale, splits, max_images)
+        loaded.name, loaded.near, loaded.far, loaded.white_background = (
+            "builtin_unbounded", builtin_unbounded.NEAR, builtin_unbounded.FAR, False)
+        loaded.aabb = torch.tensor([[-1.0] * 3, [1.0] * 3]) * builtin_unbounded.SKY_RADIUS * builtin_unbounded.WORLD_SCALE
         return loaded
     if scene in BLENDER_SCENES:
         root = Path(datadir) if datadir is not None else REPO_ROOT / "data" / "nerf_synthetic" / scene
