@@ -23,23 +23,19 @@ Glossary of shapes: R rays in a batch, S samples per ray, N = R*S packed samples
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
 from common.datasets import composite_on_background, load_scene
 from common.errors import UserError
 from common.evaluation import evaluate_split, final_evaluation
 from common.metrics import mse_to_psnr
 from common.rays import sample_ray_batch
-from common.training import (GracefulInterrupt, TrainLog, decayed_learning_rate, exit_interrupted, save_config,
-                             seed_everything)
+from common.training import TrainingRun, decayed_learning_rate, seed_everything
 from kernels import starts_from_counts
 from kernels.backend import resolve_backend
 from kernels.compositing import composite
@@ -236,11 +232,9 @@ def train(cfg: Config) -> dict:
     """Train coarse and fine networks; evaluate on the test split; write pictures and videos. Returns the metrics."""
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
-    outdir = Path(cfg.outdir or default_outdir("01_nerf", cfg.scene))
+    cfg.outdir = str(cfg.outdir or default_outdir("01_nerf", cfg.scene))
     seed_everything(cfg.seed)
-
     scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale)
-    outdir.mkdir(parents=True, exist_ok=True)  # only once the data is there: a failed start leaves no empty folder
     train_split = scene.splits["train"]
     background = 1.0 if scene.white_background else 0.0
 
@@ -249,76 +243,49 @@ def train(cfg: Config) -> dict:
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-7)  # Sec. 5.3
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.mixed_precision and device.type == "cuda")
     generator = torch.Generator().manual_seed(cfg.seed)  # CPU generator: the same rays on every device
+    render_fn = make_image_renderer(coarse, fine, scene, cfg, backend, background, device)
 
-    start_step = 0
-    resume_from = latest_checkpoint(outdir) if cfg.resume else None
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=device)
+    def save_state() -> dict:
+        return dict(coarse=coarse.state_dict(), fine=fine.state_dict(), optimizer=optimizer.state_dict(),
+                    generator=generator.get_state())
+
+    def load_state(state: dict) -> None:
         coarse.load_state_dict(state["coarse"])
         fine.load_state_dict(state["fine"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        start_step = state["step"]
-        print(f"resuming from {resume_from} at step {start_step}")
-    elif cfg.resume:
-        print(f"--resume: no checkpoint in {outdir}, starting from step 0")
-    save_config(outdir, cfg)
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(checkpoint_path(outdir, step),
-                        dict(step=step, coarse=coarse.state_dict(), fine=fine.state_dict(),
-                             optimizer=optimizer.state_dict(), generator=generator.get_state(), config=vars(cfg)))
+    def validate() -> float:
+        return evaluate_split(render_fn, scene.splits["val"], None, n_views=1, background=background,
+                              progress=False)["mean_psnr"]
 
-    log = TrainLog(outdir, total_steps=cfg.iters, start_step=start_step, desc=f"01_nerf {scene.name}")
-    step = start_step  # the last completed step
-    try:
-        with GracefulInterrupt() as interrupt:
-            for step_to_do in range(start_step + 1, cfg.iters + 1):
-                precrop = cfg.precrop_fraction if step_to_do <= cfg.precrop_iters else 1.0
-                rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator,
-                                                          precrop_fraction=precrop)
-                rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
-                target_rgb = composite_on_background(target, background)  # RGBA over white; RGB as it is
+    # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
+    with TrainingRun(cfg, "01_nerf", scene, device, backend, save_state, load_state, validate) as run:
+        for step in run.steps():
+            precrop = cfg.precrop_fraction if step <= cfg.precrop_iters else 1.0
+            rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator,
+                                                      precrop_fraction=precrop)
+            rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
+            target_rgb = composite_on_background(target, background)  # RGBA over white; RGB as it is
 
-                out = render_rays(coarse, fine, rays_o, rays_d, scene.near, scene.far, cfg, backend, background,
-                                  perturb=True, generator=generator)
-                # Eq. 6: squared error of both the coarse and the fine rendering.
-                loss_fine = F.mse_loss(out["rgb"], target_rgb)
-                loss = F.mse_loss(out["rgb_coarse"], target_rgb) + loss_fine
+            out = render_rays(coarse, fine, rays_o, rays_d, scene.near, scene.far, cfg, backend, background,
+                              perturb=True, generator=generator)
+            # Eq. 6: squared error of both the coarse and the fine rendering.
+            loss_fine = F.mse_loss(out["rgb"], target_rgb)
+            loss = F.mse_loss(out["rgb_coarse"], target_rgb) + loss_fine
 
-                lr = learning_rate(cfg, step_to_do, log.elapsed())
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step = step_to_do
+            lr = learning_rate(cfg, step, run.elapsed())
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            run.check_finite(step, loss, params, check_grads=not scaler.is_enabled())
+            scaler.step(optimizer)
+            scaler.update()
+            run.log(step, loss=loss.item(), psnr=mse_to_psnr(loss_fine.item()), lr=lr)
 
-                out_of_time = cfg.time_budget_s > 0 and log.elapsed() >= cfg.time_budget_s
-                stopping = step == cfg.iters or out_of_time or interrupt.requested
-                log.step(step, loss=loss.item(), psnr=mse_to_psnr(loss_fine.item()), lr=lr,
-                         write=step % cfg.log_every == 0 or stopping)
-                if cfg.eval_every and (step % cfg.eval_every == 0 or stopping):
-                    with log.paused():  # evaluation time is not training time
-                        val = evaluate_split(make_image_renderer(coarse, fine, scene, cfg, backend, background, device),
-                                             scene.splits["val"], None, n_views=1, background=background,
-                                             progress=False)
-                    log.note(step, val_psnr=round(val["mean_psnr"], 3))
-                if step % cfg.ckpt_every == 0 or stopping:
-                    checkpoint(step)
-                if interrupt.requested:
-                    raise KeyboardInterrupt
-                if out_of_time:
-                    log.write(f"time budget of {cfg.time_budget_s:g} s reached at step {step}")
-                    break
-    except KeyboardInterrupt:
-        exit_interrupted(log, step, outdir, "01_nerf.py")
-    log.close()
-
-    render_fn = make_image_renderer(coarse, fine, scene, cfg, backend, background, device)
-    return final_evaluation(render_fn, scene, outdir, cfg.n_test_views, cfg.video_frames, background,
-                            iters=step, backend=backend, device=str(device), preset=cfg.preset)
+    return final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, background,
+                            iters=run.step, backend=backend, device=str(device), preset=cfg.preset)
 
 
 # ================================================================================================

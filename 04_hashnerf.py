@@ -24,21 +24,18 @@ Glossary of shapes: R rays, N packed samples (all rays' samples in one flat arra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
 from common.datasets import background_color, composite_on_background, load_scene
 from common.evaluation import evaluate_split, final_evaluation
 from common.metrics import mse_to_psnr
 from common.numerics import trunc_exp
 from common.rays import sample_ray_batch
-from common.training import (GracefulInterrupt, TrainLog, decayed_learning_rate, exit_interrupted, save_config,
-                             seed_everything)
+from common.training import TrainingRun, decayed_learning_rate, seed_everything
 from kernels import ray_indices_from_counts
 from kernels.backend import resolve_backend
 from kernels.compositing import composite
@@ -210,11 +207,9 @@ def train(cfg: Config) -> dict:
     """Train the hash-grid field; evaluate on the test split; write pictures and videos. Returns the metrics."""
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
-    outdir = Path(cfg.outdir or default_outdir("04_hashnerf", cfg.scene))
+    cfg.outdir = str(cfg.outdir or default_outdir("04_hashnerf", cfg.scene))
     seed_everything(cfg.seed)
-
     scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale)
-    outdir.mkdir(parents=True, exist_ok=True)  # only once the data is there: a failed start leaves no empty folder
     train_split = scene.splits["train"]
     aabb = scene.aabb.to(device)
     test_background = 1.0 if scene.white_background else 0.0
@@ -231,26 +226,7 @@ def train(cfg: Config) -> dict:
     ], lr=cfg.lr, betas=(0.9, 0.99), eps=1e-15)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.mixed_precision and device.type == "cuda")
     generator = torch.Generator().manual_seed(cfg.seed)
-
-    start_step = 0
-    resume_from = latest_checkpoint(outdir) if cfg.resume else None
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=device)
-        field_.load_state_dict(state["field"])
-        grid.load_state_dict(state["grid"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        start_step = state["step"]
-        print(f"resuming from {resume_from} at step {start_step}")
-    elif cfg.resume:
-        print(f"--resume: no checkpoint in {outdir}, starting from step 0")
-    save_config(outdir, cfg)
-
-    def checkpoint(step: int) -> None:
-        save_checkpoint(checkpoint_path(outdir, step),
-                        dict(step=step, field=field_.state_dict(), grid=grid.state_dict(),
-                             optimizer=optimizer.state_dict(), generator=generator.get_state(), config=vars(cfg)))
-
+    render_fn = make_image_renderer(field_, grid, cfg, backend, test_background, device)
     step_size = marching_step(aabb, cfg)
 
     def optical_thickness(points: torch.Tensor) -> torch.Tensor:
@@ -258,71 +234,61 @@ def train(cfg: Config) -> dict:
         with torch.no_grad():
             return field_.density(points, backend)[0] * step_size
 
-    log = TrainLog(outdir, total_steps=cfg.iters, start_step=start_step, desc=f"04_hashnerf {scene.name}")
-    step = start_step  # the last completed step
-    try:
-        with GracefulInterrupt() as interrupt:
-            for step_to_do in range(start_step + 1, cfg.iters + 1):
-                # Appendix E.2: refresh the grid every few steps (every cell during warm-up). It starts fully
-                # occupied, and a resumed run has its grid back from the checkpoint.
-                if step_to_do % cfg.grid_update_every == 0:
-                    grid.update(optical_thickness, generator=generator, backend=backend,
-                                warmup=step_to_do <= cfg.grid_warmup)
+    def save_state() -> dict:
+        return dict(field=field_.state_dict(), grid=grid.state_dict(), optimizer=optimizer.state_dict(),
+                    generator=generator.get_state())
 
-                rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator)
-                rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
-                # A random background per ray (for RGBA data): the model must make the object opaque where it is.
-                if target.shape[-1] == 4:
-                    background = background_color("random", (rays_o.shape[0], 3), generator).to(device)
-                    target_rgb = composite_on_background(target, background)
-                else:
-                    background, target_rgb = test_background, target
+    def load_state(state: dict) -> None:  # the grid comes back too: a resumed run does not start fully occupied
+        field_.load_state_dict(state["field"])
+        grid.load_state_dict(state["grid"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
 
-                out = render_rays(field_, grid, rays_o, rays_d, cfg, backend, background, perturb=True,
-                                  generator=generator)
-                loss_rgb = F.mse_loss(out["rgb"], target_rgb)
-                loss = loss_rgb
-                if cfg.sparsity_weight > 0:
-                    loss = loss + cfg.sparsity_weight * sparsity_loss(out["sigma"])
-                if cfg.tv_weight > 0:
-                    loss = loss + cfg.tv_weight * total_variation(field_.encoding, generator=generator)
+    def validate() -> float:
+        return evaluate_split(render_fn, scene.splits["val"], None, n_views=1, background=test_background,
+                              progress=False)["mean_psnr"]
 
-                lr = learning_rate(cfg, step_to_do, log.elapsed())
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step = step_to_do
+    # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
+    with TrainingRun(cfg, "04_hashnerf", scene, device, backend, save_state, load_state, validate) as run:
+        for step in run.steps():
+            # Appendix E.2: refresh the grid every few steps (every cell during warm-up).
+            if step % cfg.grid_update_every == 0:
+                grid.update(optical_thickness, generator=generator, backend=backend,
+                            warmup=step <= cfg.grid_warmup)
 
-                out_of_time = cfg.time_budget_s > 0 and log.elapsed() >= cfg.time_budget_s
-                stopping = step == cfg.iters or out_of_time or interrupt.requested
-                write_row = step % cfg.log_every == 0 or stopping
-                # Marching statistics go to the CSV rows only (counting occupied cells unpacks the whole grid).
-                stats = dict(samples_per_ray=round(out["n_samples"] / cfg.batch_rays, 2),
-                             occupancy=round(grid.occupancy_fraction(), 4)) if write_row else {}
-                log.step(step, loss=loss.item(), psnr=mse_to_psnr(loss_rgb.item()), lr=lr, write=write_row, **stats)
-                if cfg.eval_every and (step % cfg.eval_every == 0 or stopping):
-                    with log.paused():  # evaluation time is not training time
-                        val = evaluate_split(make_image_renderer(field_, grid, cfg, backend, test_background, device),
-                                             scene.splits["val"], None, n_views=1, background=test_background,
-                                             progress=False)
-                    log.note(step, val_psnr=round(val["mean_psnr"], 3))
-                if step % cfg.ckpt_every == 0 or stopping:
-                    checkpoint(step)
-                if interrupt.requested:
-                    raise KeyboardInterrupt
-                if out_of_time:
-                    log.write(f"time budget of {cfg.time_budget_s:g} s reached at step {step}")
-                    break
-    except KeyboardInterrupt:
-        exit_interrupted(log, step, outdir, "04_hashnerf.py")
-    log.close()
+            rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator)
+            rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
+            # A random background per ray (for RGBA data): the model must make the object opaque where it is.
+            if target.shape[-1] == 4:
+                background = background_color("random", (rays_o.shape[0], 3), generator).to(device)
+                target_rgb = composite_on_background(target, background)
+            else:
+                background, target_rgb = test_background, target
 
-    render_fn = make_image_renderer(field_, grid, cfg, backend, test_background, device)
-    return final_evaluation(render_fn, scene, outdir, cfg.n_test_views, cfg.video_frames, test_background,
-                            iters=step, backend=backend, device=str(device), preset=cfg.preset)
+            out = render_rays(field_, grid, rays_o, rays_d, cfg, backend, background, perturb=True,
+                              generator=generator)
+            loss_rgb = F.mse_loss(out["rgb"], target_rgb)
+            loss = loss_rgb
+            if cfg.sparsity_weight > 0:
+                loss = loss + cfg.sparsity_weight * sparsity_loss(out["sigma"])
+            if cfg.tv_weight > 0:
+                loss = loss + cfg.tv_weight * total_variation(field_.encoding, generator=generator)
+
+            lr = learning_rate(cfg, step, run.elapsed())
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            run.check_finite(step, loss, field_.parameters(), check_grads=not scaler.is_enabled())
+            scaler.step(optimizer)
+            scaler.update()
+            # Marching statistics go to the CSV rows only (counting occupied cells unpacks the whole grid).
+            run.log(step, loss=loss.item(), psnr=mse_to_psnr(loss_rgb.item()), lr=lr,
+                    extra=lambda: dict(samples_per_ray=round(out["n_samples"] / cfg.batch_rays, 2),
+                                       occupancy=round(grid.occupancy_fraction(), 4)))
+
+    return final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, test_background,
+                            iters=run.step, backend=backend, device=str(device), preset=cfg.preset)
 
 
 # ================================================================================================

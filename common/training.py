@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.checkpoints import latest_checkpoint
+from common.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
+from common.errors import UserError
 
 LOG_COLUMNS = ("step", "loss", "psnr", "lr", "elapsed_s")
 
@@ -168,6 +169,142 @@ class TrainLog:
         os.replace(tmp, self.csv_path)  # a crash while rewriting keeps the previous file
 
 
+class NonFiniteError(UserError):
+    """Training produced a NaN or an infinity; the message names the step and the likely causes."""
+
+
+class TrainingRun:
+    """The bookkeeping of a training loop, so that the loop on the page shows only the method.
+
+        with TrainingRun(cfg, "01_nerf", scene, device, backend, save_state=..., load_state=..., validate=...) as run:
+            for step in run.steps():          # resumes, then yields the steps still to do
+                ...sample rays, render, loss...
+                optimizer.zero_grad(); loss.backward()
+                run.check_finite(step, loss, parameters)   # a NaN/Inf stops the run here, before the update
+                optimizer.step()
+                run.log(step, loss=loss.item(), psnr=..., lr=lr)
+
+    What it takes care of, in order:
+      * one line saying what runs where (preset, device, backend, scene, image size, outdir);
+      * the run folder (created, and <outdir>/config.json written);
+      * `--resume`: the newest checkpoint of the folder is loaded through `load_state(state)` and the steps
+        continue after its step; the log keeps the rows up to it;
+      * after each step: a CSV row every `cfg.log_every` steps, a held-out check every `cfg.eval_every` steps
+        (`validate()` returns a PSNR; its time is not training time), a checkpoint every `cfg.ckpt_every`
+        steps and at the end;
+      * stopping: after `cfg.iters` steps, or once `cfg.time_budget_s` seconds of training are spent (then a
+        checkpoint), or on Ctrl-C / SIGTERM (the step in progress finishes, a checkpoint is written, exit 130).
+
+    save_state() -> dict: what to checkpoint besides the step (network, optimizer and RNG states);
+    load_state(state: dict): puts a checkpoint back; validate() -> float: PSNR of a held-out view (optional).
+    """
+
+    def __init__(self, cfg, script: str, scene, device, backend: str, save_state, load_state, validate=None):
+        self.cfg, self.script, self.scene_name = cfg, script, scene.name
+        train_cams = scene.splits["train"].cameras
+        self.summary = (f"{script}: preset {cfg.preset}, device {device}, backend {backend}, scene {scene.name} "
+                        f"({len(train_cams)} training images of {train_cams.width}x{train_cams.height}), "
+                        f"outdir {cfg.outdir}")
+        self.save_state, self.load_state, self.validate = save_state, load_state, validate
+        self.outdir = Path(cfg.outdir)
+        self.step = 0  # the last completed step
+        self.log_ = None
+        self._interrupt = GracefulInterrupt()
+        self._stopping = False
+
+    # -- context: the interrupt handlers are installed for the whole run and removed on every exit path --
+    def __enter__(self):
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        self._interrupt.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self._interrupt.__exit__(exc_type, exc, tb)
+        if self.log_ is not None:
+            self.log_.close(plot=exc_type is None or exc_type is KeyboardInterrupt)
+        if exc_type is KeyboardInterrupt:  # a second Ctrl-C: stop at once, keep the last regular checkpoint
+            self._exit_interrupted()
+        return False
+
+    def elapsed(self) -> float:
+        """Seconds of training so far (the resumed run's included, evaluation excluded)."""
+        return self.log_.elapsed() if self.log_ is not None else 0.0
+
+    def steps(self):
+        """Resume if asked, then yield the steps start+1 .. cfg.iters, stopping early as described above."""
+        cfg = self.cfg
+        print(self.summary)
+        start = 0
+        resume_from = latest_checkpoint(self.outdir) if cfg.resume else None
+        if resume_from is not None:
+            state = load_checkpoint(resume_from, map_location="cpu")
+            self.load_state(state)
+            start = int(state["step"])
+            print(f"resuming from {resume_from} at step {start}")
+        elif cfg.resume:
+            print(f"--resume: no checkpoint in {self.outdir}, starting from step 0")
+        save_config(self.outdir, cfg)
+        self.step = start
+        self.log_ = TrainLog(self.outdir, total_steps=cfg.iters, start_step=start,
+                             desc=f"{self.script} {self.scene_name}")
+        for step in range(start + 1, cfg.iters + 1):
+            yield step  # the caller runs one training step, ending with run.log(step, ...)
+            self.step = step
+            if cfg.eval_every and self.validate is not None and (step % cfg.eval_every == 0 or self._stopping):
+                with self.log_.paused():  # evaluation time is not training time
+                    self.log_.note(step, val_psnr=round(float(self.validate()), 3))
+            if step % cfg.ckpt_every == 0 or self._stopping:
+                self.checkpoint(step)
+            if self._interrupt.requested:
+                self.log_.close()
+                self._exit_interrupted()
+            if self._out_of_time():
+                self.log_.write(f"time budget of {cfg.time_budget_s:g} s reached at step {step}")
+                break
+
+    def log(self, step: int, loss: float, psnr: float | None = None, lr: float | None = None, extra=None) -> None:
+        """Record the step: the progress bar always, a CSV row every cfg.log_every steps and on the last step.
+        extra: a function returning more columns (e.g. samples per ray), called only for rows that are written."""
+        self._stopping = step == self.cfg.iters or self._out_of_time() or self._interrupt.requested
+        write = step % self.cfg.log_every == 0 or self._stopping
+        self.log_.step(step, loss=loss, psnr=psnr, lr=lr, write=write, **(extra() if write and extra else {}))
+
+    def check_finite(self, step: int, loss: torch.Tensor, parameters=(), check_grads: bool = True) -> None:
+        """Stop at the step where the loss or a gradient stops being finite, before the optimizer spreads it into
+        every weight (after which a NeRF renders only background and its loss can even look normal).
+
+        One synchronisation per step: the loss and all gradient norms are reduced to one flag. Pass
+        check_grads=False under fp16 loss scaling, where an infinite gradient is expected now and then (the
+        scaler skips that step). Raises NonFiniteError (one line, exit status 2); the checkpoints already written
+        hold finite weights and stay as they are.
+        """
+        values = [loss.detach().float().reshape(1)]
+        if check_grads:
+            grads = [p.grad.detach() for p in parameters if p.grad is not None]
+            if grads:
+                values.append(torch.stack([g.float().norm() for g in grads]))
+        if bool(torch.isfinite(torch.cat(values)).all()):
+            return
+        what = "loss" if not torch.isfinite(values[0]).all() else "gradient"
+        raise NonFiniteError(
+            f"the {what} became NaN or infinite at step {step}; stopped before the update (last checkpoint: "
+            f"{latest_checkpoint(self.outdir)}). Likely causes: a learning rate too high for this model (try a "
+            f"smaller --lr), or bad training data")
+
+    def checkpoint(self, step: int) -> Path:
+        return save_checkpoint(checkpoint_path(self.outdir, step),
+                               dict(step=step, script=self.script, scene=self.scene_name,
+                                    config=dataclasses.asdict(self.cfg), **self.save_state()))
+
+    def _out_of_time(self) -> bool:
+        return self.cfg.time_budget_s > 0 and self.elapsed() >= self.cfg.time_budget_s
+
+    def _exit_interrupted(self) -> None:
+        print(f"\ninterrupted at step {self.step}; last checkpoint: {latest_checkpoint(self.outdir)}; continue "
+              f"with: python {self.script}.py --resume --outdir {self.outdir}")
+        raise SystemExit(130)
+
+
 def decayed_learning_rate(lr: float, lr_final: float, step: int, iters: int, elapsed_s: float = 0.0,
                           time_budget_s: float = 0.0) -> float:
     """Exponential decay from lr (step 0) to lr_final (the last step): lr * (lr_final / lr)^progress (NeRF Sec. 5.3,
@@ -177,14 +314,6 @@ def decayed_learning_rate(lr: float, lr_final: float, step: int, iters: int, ela
     if time_budget_s > 0:
         progress = max(progress, elapsed_s / time_budget_s)
     return lr * (lr_final / lr) ** min(progress, 1.0)
-
-
-def exit_interrupted(log: "TrainLog", step: int, outdir, script: str) -> None:
-    """After Ctrl-C: close the log, say where the run stands and how to continue, exit with status 130."""
-    log.close()
-    print(f"\ninterrupted at step {step}; last checkpoint: {latest_checkpoint(outdir)}; continue with: "
-          f"python {script} --resume --outdir {outdir}")
-    raise SystemExit(130)
 
 
 class GracefulInterrupt:

@@ -68,17 +68,19 @@ def test_nerf_hard_interrupt_keeps_the_last_checkpoint_and_resumes_from_it(
         nerf_script, straight_run, tmp_path, monkeypatch):
     # A KeyboardInterrupt that cannot wait for the step to finish (second Ctrl-C), right after the step-5
     # checkpoint: nothing after it is saved, and the step-5 file is intact.
-    real_save = nerf_script.save_checkpoint
+    import common.training
+
+    real_save = common.training.save_checkpoint
 
     def save_then_interrupt(path, state):
         real_save(path, state)
         if state["step"] == 5:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(nerf_script, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(common.training, "save_checkpoint", save_then_interrupt)
     with pytest.raises(SystemExit):
         nerf_script.main(_train_args(tmp_path, 10))
-    monkeypatch.setattr(nerf_script, "save_checkpoint", real_save)
+    monkeypatch.setattr(common.training, "save_checkpoint", real_save)
     assert (tmp_path / "ckpt_000005.pt").exists() and not (tmp_path / "ckpt_000010.pt").exists()
 
     nerf_script.main(_train_args(tmp_path, 10) + ["--resume"])

@@ -77,3 +77,25 @@ def test_hashnerf_trains_on_the_emulated_cuda_sources_too(hashnerf_script, tmp_p
                                     "--n_test_views", "4", *NO_VIDEO])
     assert metrics["backend"] == "emulated"
     assert metrics["mean_psnr"] >= 26.0, metrics
+
+
+def test_hashnerf_nan_loss_stops_the_run_at_that_step_and_keeps_finite_checkpoints(hashnerf_script, tmp_path,
+                                                                                    capsys):
+    """A learning rate of 1e6 blows the weights up within a few steps. The run must stop at the first step whose
+    loss or gradient is not finite, with one line and status 2, never finish with exit 0 and a dead model; the
+    checkpoint written before that step holds finite weights."""
+    from common.cli import run_main
+
+    argv = _train_args(tmp_path, 40) + ["--lr", "1e6", "--ckpt_every", "1"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(hashnerf_script.main, argv)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error:") and "NaN or infinite at step" in message and "--lr" in message
+    bad_step = int(message.split("at step ")[1].split(";")[0])
+    checkpoints = sorted(tmp_path.glob("ckpt_*.pt"))
+    assert checkpoints and not (tmp_path / f"ckpt_{bad_step:06d}.pt").exists()
+    last = torch.load(checkpoints[-1], weights_only=False)
+    assert last["step"] == bad_step - 1
+    assert all(torch.isfinite(t).all() for t in last["field"].values() if t.is_floating_point())
+    assert not (tmp_path / "test" / "metrics.json").exists()  # no evaluation of a dead model
