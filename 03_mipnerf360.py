@@ -36,16 +36,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
 from common.datasets import composite_on_background, load_scene
-from common.errors import UserError
 from common.evaluation import evaluate_split, render_view
 from common.metrics import mse_to_psnr
 from common.numerics import NORM_EPS
 from common.paths import focus_point, orbit_path, spiral_path
 from common.rays import sample_ray_batch
-from common.training import GracefulInterrupt, TrainLog, exit_interrupted, save_config, seed_everything, write_json
+from common.training import TrainingRun, seed_everything
 from common.video import colorize_depth, write_video
 
 PAPER_BATCH_RAYS = 16384
@@ -425,9 +423,10 @@ def render_rays(prop_mlp: MipMLP, nerf_mlp: MipMLP, rays_o: torch.Tensor, rays_d
 # ================================================================================================
 # Training loop
 # ================================================================================================
-def train_progress(cfg: Config, step: int, elapsed_s: float = 0.0) -> float:
-    """Fraction of training done, in [0, 1]: by steps, or by the time budget if that is further along."""
-    progress = step / max(cfg.iters, 1)
+def train_progress(cfg: Config, step: int, elapsed_s: float = 0.0, total: int | None = None) -> float:
+    """Fraction of training done, in [0, 1]: step / total (default cfg.iters), or the fraction of the time budget
+    spent if that is further along."""
+    progress = step / max(cfg.iters if total is None else total, 1)
     if cfg.time_budget_s > 0:
         progress = max(progress, elapsed_s / cfg.time_budget_s)
     return min(progress, 1.0)
@@ -465,108 +464,73 @@ def train(cfg: Config) -> dict:
     if cfg.linear_scaling:
         cfg = apply_linear_scaling(cfg)
     device = resolve_device(cfg.device)
-    outdir = Path(cfg.outdir or default_outdir("03_mipnerf360", cfg.scene))
+    cfg.outdir = str(cfg.outdir or default_outdir("03_mipnerf360", cfg.scene))
     seed_everything(cfg.seed)
-
     scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale)
-    outdir.mkdir(parents=True, exist_ok=True)  # only once the data is there: a failed start leaves no empty folder
     train_split = scene.splits["train"]
-    background = 1.0 if scene.white_background else 0.0
+    background = 1.0 if scene.white_background else 0.0  # what RGBA targets are composited on
     radius = pixel_radii(train_split.cameras.K[0])
 
     prop_mlp = MipMLP(cfg.prop_depth, cfg.prop_width, cfg, with_rgb=False).to(device)
     nerf_mlp = MipMLP(cfg.nerf_depth, cfg.nerf_width, cfg, with_rgb=True).to(device)
-    optimizer = torch.optim.Adam(list(prop_mlp.parameters()) + list(nerf_mlp.parameters()), lr=cfg.lr,
-                                 betas=(0.9, 0.999), eps=cfg.adam_eps)
+    params = list(prop_mlp.parameters()) + list(nerf_mlp.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.mixed_precision and device.type == "cuda")
     generator = torch.Generator().manual_seed(cfg.seed)  # CPU generator: the same rays on every device
+    render_fn = make_image_renderer(prop_mlp, nerf_mlp, radius, cfg, device)
 
-    start_step = 0
-    resume_from = latest_checkpoint(outdir) if cfg.resume else None
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=device)
+    def save_state() -> dict:
+        return dict(prop_mlp=prop_mlp.state_dict(), nerf_mlp=nerf_mlp.state_dict(), optimizer=optimizer.state_dict(),
+                    generator=generator.get_state())
+
+    def load_state(state: dict) -> None:
         prop_mlp.load_state_dict(state["prop_mlp"])
         nerf_mlp.load_state_dict(state["nerf_mlp"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
-        start_step = state["step"]
-        print(f"resuming from {resume_from} at step {start_step}")
-    elif cfg.resume:
-        print(f"--resume: no checkpoint in {outdir}, starting from step 0")
-    save_config(outdir, cfg)
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(checkpoint_path(outdir, step),
-                        dict(step=step, prop_mlp=prop_mlp.state_dict(), nerf_mlp=nerf_mlp.state_dict(),
-                             optimizer=optimizer.state_dict(), generator=generator.get_state(), config=vars(cfg)))
+    def validate() -> float:
+        return evaluate_split(render_fn, scene.splits["val"], None, n_views=1, background=background,
+                              progress=False)["mean_psnr"]
 
-    log = TrainLog(outdir, total_steps=cfg.iters, start_step=start_step, desc=f"03_mipnerf360 {scene.name}")
-    step = start_step  # the last completed step
-    try:
-        with GracefulInterrupt() as interrupt:
-            for step_to_do in range(start_step + 1, cfg.iters + 1):
-                rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator)
-                rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
-                target_rgb = composite_on_background(target, background)
+    # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
+    with TrainingRun(cfg, "03_mipnerf360", scene, device, "torch", save_state, load_state, validate) as run:
+        for step in run.steps():
+            rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator)
+            rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
+            target_rgb = composite_on_background(target, background)
 
-                # multinerf's train_frac = (step - 1) / (max_steps - 1): 0 at the first step.
-                train_frac = train_progress(cfg, step_to_do - 1, log.elapsed()) if cfg.iters > 1 else 1.0
-                out = render_rays(prop_mlp, nerf_mlp, rays_o, rays_d, radius, cfg, train_frac, perturb=True,
-                                  generator=generator)
-                losses = compute_losses(out, target_rgb, cfg)
-                if not torch.isfinite(losses["loss"]):
-                    raise UserError(f"the loss became {losses['loss'].item()} at step {step_to_do} "
-                                    f"(data {losses['data'].item():.4g}, interlevel {losses['interlevel'].item():.4g}, "
-                                    f"distortion {losses['distortion'].item():.4g}): lower --lr or enable --grad_max_norm; "
-                                    f"the last good checkpoint is {latest_checkpoint(outdir)}")
+            # multinerf's train_frac = (step - 1) / (max_steps - 1): 0 at the first step, 1 at the last.
+            train_frac = train_progress(cfg, step - 1, run.elapsed(), cfg.iters - 1)
+            out = render_rays(prop_mlp, nerf_mlp, rays_o, rays_d, radius, cfg, train_frac, perturb=True,
+                              generator=generator)
+            losses = compute_losses(out, target_rgb, cfg)
 
-                lr = learning_rate(cfg, step_to_do, log.elapsed())
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(losses["loss"]).backward()
-                scaler.unscale_(optimizer)
-                for mlp in (prop_mlp, nerf_mlp):  # each MLP clipped on its own (multinerf), then no NaN/inf left
-                    if cfg.grad_max_norm > 0:
-                        torch.nn.utils.clip_grad_norm_(mlp.parameters(), cfg.grad_max_norm)
-                    for p in mlp.parameters():
-                        if p.grad is not None:
-                            torch.nan_to_num_(p.grad)
-                scaler.step(optimizer)
-                scaler.update()
-                step = step_to_do
+            lr = learning_rate(cfg, step, run.elapsed())
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses["loss"]).backward()
+            # A NaN or infinite loss or gradient stops the run here, naming the step. (multinerf instead zeroes
+            # non-finite gradients with nan_to_num; we would rather know.)
+            run.check_finite(step, losses["loss"], params, check_grads=not scaler.is_enabled())
+            scaler.unscale_(optimizer)
+            if cfg.grad_max_norm > 0:  # each MLP clipped on its own (multinerf)
+                torch.nn.utils.clip_grad_norm_(prop_mlp.parameters(), cfg.grad_max_norm)
+                torch.nn.utils.clip_grad_norm_(nerf_mlp.parameters(), cfg.grad_max_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            run.log(step, loss=losses["loss"].item(), psnr=mse_to_psnr(F.mse_loss(out["rgb"].detach(), target_rgb).item()),
+                    lr=lr)
 
-                out_of_time = cfg.time_budget_s > 0 and log.elapsed() >= cfg.time_budget_s
-                stopping = step == cfg.iters or out_of_time or interrupt.requested
-                with torch.no_grad():
-                    mse = F.mse_loss(out["rgb"], target_rgb).item()
-                log.step(step, loss=losses["loss"].item(), psnr=mse_to_psnr(mse), lr=lr,
-                         write=step % cfg.log_every == 0 or stopping)
-                if cfg.eval_every and (step % cfg.eval_every == 0 or stopping):
-                    with log.paused():  # evaluation time is not training time
-                        val = evaluate_split(make_image_renderer(prop_mlp, nerf_mlp, radius, cfg, device),
-                                             scene.splits["val"], None, n_views=1, background=background,
-                                             progress=False)
-                    log.note(step, val_psnr=round(val["mean_psnr"], 3))
-                if step % cfg.ckpt_every == 0 or stopping:
-                    checkpoint(step)
-                if interrupt.requested:
-                    raise KeyboardInterrupt
-                if out_of_time:
-                    log.write(f"time budget of {cfg.time_budget_s:g} s reached at step {step}")
-                    break
-    except KeyboardInterrupt:
-        exit_interrupted(log, step, outdir, "03_mipnerf360.py")
-    log.close()
-
-    render_fn = make_image_renderer(prop_mlp, nerf_mlp, radius, cfg, device)
-    metrics = evaluate_split(render_fn, scene.splits["test"], outdir / "test", n_views=cfg.n_test_views or None,
-                             background=background, near=scene.near, far=scene.far, scene=scene.name, iters=step,
-                             device=str(device), preset=cfg.preset)
+    metrics = evaluate_split(render_fn, scene.splits["test"], Path(cfg.outdir) / "test",
+                             n_views=cfg.n_test_views or None, background=background, near=scene.near, far=scene.far,
+                             scene=scene.name, iters=run.step, device=str(device), preset=cfg.preset)
     print(f"test: PSNR {metrics['mean_psnr']:.2f} dB, SSIM {metrics['mean_ssim']:.4f} over {len(metrics['views'])} "
-          f"views -> {outdir / 'test'}")
+          f"views -> {Path(cfg.outdir) / 'test'}")
     if cfg.video_frames > 0:
-        print("videos: " + ", ".join(str(v) for v in render_videos(render_fn, scene, outdir, cfg.video_frames)))
+        videos = render_videos(render_fn, scene, Path(cfg.outdir), cfg.video_frames)
+        print("videos: " + ", ".join(str(v) for v in videos))
     return metrics
 
 
