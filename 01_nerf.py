@@ -29,13 +29,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
+from common.cli import RunConfig, parse_config, resolve_device, run_main
 from common.datasets import composite_on_background, load_scene
 from common.errors import UserError
 from common.evaluation import evaluate_split, final_evaluation
 from common.metrics import mse_to_psnr
 from common.rays import sample_ray_batch
-from common.training import TrainingRun, decayed_learning_rate, seed_everything
+from common.training import TrainingRun, check_finite, decayed_learning_rate, prepare_run, seed_everything
 from kernels import starts_from_counts
 from kernels.backend import resolve_backend
 from kernels.compositing import composite
@@ -51,26 +51,26 @@ class Config(RunConfig):
 
     # The settings every script shares (--scene, --datadir, --outdir, --backend, --device, --seed, --quick,
     # --preset, --resume, --time_budget_s, logging and outputs) come from common/cli.py, RunConfig.
-    iters: int = field(default=200_000, metadata={"help": "training iterations (paper: 100k-300k)"})
+    iters: int = field(default=200_000, metadata={"help": "training iterations (paper: 100k-300k)", "min": 1})
     # --- model (Sec. 5, Appendix A) ---
-    pos_freqs: int = field(default=10, metadata={"help": "L for positions in Eq. 4"})
-    dir_freqs: int = field(default=4, metadata={"help": "L for viewing directions in Eq. 4"})
-    net_depth: int = field(default=8, metadata={"help": "layers of the density trunk"})
-    net_width: int = field(default=256, metadata={"help": "units per layer"})
-    skip_layer: int = field(default=4, metadata={"help": "the input is concatenated again after this layer (5th layer's input)"})
+    pos_freqs: int = field(default=10, metadata={"help": "L for positions in Eq. 4", "min": 0})
+    dir_freqs: int = field(default=4, metadata={"help": "L for viewing directions in Eq. 4", "min": 0})
+    net_depth: int = field(default=8, metadata={"help": "layers of the density trunk", "min": 1})
+    net_width: int = field(default=256, metadata={"help": "units per layer", "min": 2})
+    skip_layer: int = field(default=4, metadata={"help": "0-based index of the layer after which gamma(x) is concatenated again (4: after the 5th layer, Fig. 7)", "min": 0})
     density_activation: str = field(default="relu", metadata={"help": "relu (paper) | softplus (mip-NeRF's softplus(x - 1): never a zero gradient)"})
     # --- rendering (Sec. 5.2) ---
-    n_coarse: int = field(default=64, metadata={"help": "stratified samples per ray, coarse network"})
-    n_fine: int = field(default=128, metadata={"help": "importance samples per ray, fine network"})
-    early_stop_eps: float = field(default=0.0, metadata={"help": "stop compositing once transmittance < eps (0 = off)"})
-    chunk: int = field(default=4096, metadata={"help": "rays per forward pass when rendering whole images"})
+    n_coarse: int = field(default=64, metadata={"help": "stratified samples per ray, coarse network", "min": 3})
+    n_fine: int = field(default=128, metadata={"help": "importance samples per ray, fine network", "min": 0})
+    early_stop_eps: float = field(default=0.0, metadata={"help": "stop compositing once transmittance < eps (0 = off)", "min": 0, "below": 1})
+    chunk: int = field(default=4096, metadata={"help": "rays per forward pass when rendering whole images", "min": 1})
     # --- optimisation (Sec. 5.3) ---
-    batch_rays: int = field(default=1024, metadata={"help": "rays per iteration (paper: 4096)"})
-    lr: float = field(default=5e-4, metadata={"help": "Adam learning rate at the start"})
-    lr_final: float = field(default=5e-5, metadata={"help": "learning rate at the last iteration (exponential decay)"})
-    precrop_iters: int = field(default=500, metadata={"help": "sample only the central part of images for this many iterations"})
-    precrop_fraction: float = field(default=0.5, metadata={"help": "size of that central part"})
-    mixed_precision: bool = field(default=True, metadata={"help": "fp16 autocast for the MLPs on a GPU (compositing stays fp32)"})
+    batch_rays: int = field(default=1024, metadata={"help": "rays per iteration (paper: 4096)", "min": 1})
+    lr: float = field(default=5e-4, metadata={"help": "Adam learning rate at the start", "above": 0})
+    lr_final: float = field(default=5e-5, metadata={"help": "learning rate at the last iteration (exponential decay)", "above": 0})
+    precrop_iters: int = field(default=500, metadata={"help": "sample only the central part of images for this many iterations", "min": 0})
+    precrop_fraction: float = field(default=0.5, metadata={"help": "size of that central part", "above": 0, "max": 1})
+    mixed_precision: bool = field(default=False, metadata={"help": "fp16 autocast for the MLPs on a GPU, compositing stays fp32 (the paper trains in fp32)"})
 
 
 # Presets: named sets of overrides. Explicit command-line values always win over a preset.
@@ -138,7 +138,7 @@ class NeRFField(nn.Module):
         h = encoded_x
         for i, layer in enumerate(self.trunk):
             if i == self.skip_layer + 1:
-                h = torch.cat([h, encoded_x], dim=-1)  # skip connection: the 5th layer sees gamma(x) again
+                h = torch.cat([h, encoded_x], dim=-1)  # skip: gamma(x) joins the 5th layer's output (Fig. 7)
             h = F.relu(layer(h))
         raw_sigma = self.sigma_head(h).squeeze(-1)  # (N,)
         # Density must be non-negative. ReLU (the paper's) has zero gradient for negative inputs: a sample whose
@@ -154,7 +154,7 @@ class NeRFField(nn.Module):
 
 
 # ================================================================================================
-# Rendering: stratified sampling (Eq. 2), quadrature (Eq. 3), hierarchical sampling (Eq. 5)
+# Rendering: stratified sampling (Eq. 2), volume rendering (Eq. 3), hierarchical sampling (Eq. 5)
 # ================================================================================================
 def stratified_samples(n_rays: int, n_samples: int, near: float, far: float, perturb: bool,
                        generator: torch.Generator | None, device) -> torch.Tensor:
@@ -169,26 +169,59 @@ def stratified_samples(n_rays: int, n_samples: int, near: float, far: float, per
     return lower + (upper - lower) * u  # (R, S)
 
 
+def volume_render(sigma: torch.Tensor, rgb: torch.Tensor, t_vals: torch.Tensor, far: float,
+                  ray_norms: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Eq. 3, the quadrature of the volume rendering integral, for R rays of S samples each:
+
+        C(r) = sum_i T_i (1 - exp(-sigma_i delta_i)) c_i,   T_i = exp(-sum_{j<i} sigma_j delta_j)
+
+    Sample i stands for the interval [t_i, t_{i+1}]; the last one ends at the far plane (the authors' code makes
+    it 1e10 long instead, so the last sample soaks up all light left; ending at `far` lets a ray that meets
+    nothing stay transparent and show the background). delta is measured in world units, (t_{i+1} - t_i) |d|,
+    as in the authors' code (Eq. 3 writes t_{i+1} - t_i with unit-length d): our rays_d are not unit length,
+    and without |d| a corner pixel would see a thinner medium than the centre pixel.
+    sigma: (R, S) >= 0; rgb: (R, S, 3); t_vals: (R, S) sorted; ray_norms: (R,) |d|.
+    Returns weights (R, S), opacity (R,), color (R, 3), depth (R,) (expected t of the interval midpoints).
+    """
+    t_ends = torch.cat([t_vals[:, 1:], torch.full_like(t_vals[:, :1], far)], dim=-1)  # (R, S) t_{i+1}
+    delta = (t_ends - t_vals) * ray_norms[:, None]  # (R, S) world-space interval lengths
+    alpha = 1.0 - torch.exp(-sigma * delta)  # (R, S) opacity of each interval
+    # T_i: the light that survives everything before sample i (an exclusive cumulative sum of sigma * delta).
+    optical_depth = torch.cumsum(sigma * delta, dim=-1)  # (R, S) sum_{j<=i}
+    trans = torch.exp(-torch.cat([torch.zeros_like(optical_depth[:, :1]), optical_depth[:, :-1]], dim=-1))  # (R, S)
+    weights = trans * alpha  # (R, S) w_i = T_i alpha_i, also the pdf for Eq. 5
+    return dict(weights=weights, opacity=weights.sum(dim=-1),  # (R,)
+                color=(weights[..., None] * rgb).sum(dim=1),  # (R, 3)
+                depth=(weights * 0.5 * (t_vals + t_ends)).sum(dim=-1))  # (R,)
+
+
 def render_along_rays(field: NeRFField, rays_o: torch.Tensor, rays_d: torch.Tensor, t_vals: torch.Tensor,
                       far: float, cfg: Config, backend: str) -> dict[str, torch.Tensor]:
     """Evaluate the field at the samples t_vals (R, S) and composite them (Eq. 3).
 
-    Sample i stands for the interval [t_i, t_{i+1}] (the last one ends at the far plane), so
-    delta_i = t_{i+1} - t_i as in the paper. The packed layout the kernels take is trivial here:
-    every ray has exactly S samples.
+    Two paths compute the same numbers (tests/scripts/test_01_nerf.py checks it): with --backend torch, the
+    dense `volume_render` above, Eq. 3 as you would write it; otherwise the packed `composite` kernel of
+    kernels/compositing.cu, which walks each ray in one GPU thread, stops once a ray is opaque and has a
+    closed-form backward (no (R, S) intermediates kept for autograd). The packed layout is trivial here: every
+    ray has S samples. The kernel takes delta = t_end - t_start, so |d| is folded into sigma instead.
     """
     n_rays, n_samples = t_vals.shape
     points = rays_o[:, None, :] + t_vals[..., None] * rays_d[:, None, :]  # (R, S, 3)
     view_dirs = F.normalize(rays_d, dim=-1)[:, None, :].expand_as(points)  # (R, S, 3)
+    ray_norms = rays_d.norm(dim=-1)  # (R,)
     use_amp = cfg.mixed_precision and points.is_cuda
     with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
         rgb, sigma = field(points.reshape(-1, 3), view_dirs.reshape(-1, 3))  # (N, 3), (N,)
+    sigma = sigma.float().view(n_rays, n_samples)  # (R, S) rendering always in fp32
+    rgb = rgb.float().view(n_rays, n_samples, 3)  # (R, S, 3)
+    if backend == "torch" and cfg.early_stop_eps == 0:
+        return volume_render(sigma, rgb, t_vals, far, ray_norms)
     t_ends = torch.cat([t_vals[:, 1:], torch.full_like(t_vals[:, :1], far)], dim=-1)  # (R, S)
     counts = torch.full((n_rays,), n_samples, dtype=torch.int32, device=t_vals.device)  # (R,)
     weights, opacity, color, depth = composite(
-        sigma.float().contiguous(), rgb.float().contiguous(), t_vals.reshape(-1).contiguous(),
-        t_ends.reshape(-1).contiguous(), starts_from_counts(counts), counts,
-        early_stop_eps=cfg.early_stop_eps, backend=backend)  # compositing always in fp32
+        (sigma * ray_norms[:, None]).reshape(-1).contiguous(), rgb.reshape(-1, 3).contiguous(),
+        t_vals.reshape(-1).contiguous(), t_ends.reshape(-1).contiguous(), starts_from_counts(counts), counts,
+        early_stop_eps=cfg.early_stop_eps, backend=backend)
     return dict(weights=weights.view(n_rays, n_samples), opacity=opacity, color=color, depth=depth)
 
 
@@ -223,6 +256,16 @@ def render_rays(coarse: NeRFField, fine: NeRFField, rays_o: torch.Tensor, rays_d
 # ================================================================================================
 # Training loop
 # ================================================================================================
+def central_crop(split, fraction: float) -> tuple[int, int, int, int]:
+    """Precrop (a trick of the PyTorch port nerf-pytorch; the paper does not use it): for the first iterations, draw rays only from the
+    central `fraction` of each image, so that the object is learnt before the white background, which would
+    otherwise pull every density towards zero. Returns (row_lo, row_hi, col_lo, col_hi), at least one pixel."""
+    _, height, width, _ = split.images.shape
+    half_h, half_w = max(1, round(height * fraction / 2)), max(1, round(width * fraction / 2))
+    return (max(0, height // 2 - half_h), min(height, height // 2 + half_h),
+            max(0, width // 2 - half_w), min(width, width // 2 + half_w))
+
+
 def learning_rate(cfg: Config, step: int, elapsed_s: float = 0.0) -> float:
     """Exponential decay from lr to lr_final over the run, or over the time budget if that ends first."""
     return decayed_learning_rate(cfg.lr, cfg.lr_final, step, cfg.iters, elapsed_s, cfg.time_budget_s)
@@ -232,11 +275,10 @@ def train(cfg: Config) -> dict:
     """Train coarse and fine networks; evaluate on the test split; write pictures and videos. Returns the metrics."""
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
-    cfg.outdir = str(cfg.outdir or default_outdir("01_nerf", cfg.scene))
     seed_everything(cfg.seed)
-    scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale)
+    scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale, gt_protocol=cfg.gt_protocol)
     train_split = scene.splits["train"]
-    background = 1.0 if scene.white_background else 0.0
+    background = scene.background  # white for Blender scenes (RGB images are taken to be on it too)
 
     coarse, fine = NeRFField(cfg).to(device), NeRFField(cfg).to(device)
     params = list(coarse.parameters()) + list(fine.parameters())
@@ -262,9 +304,8 @@ def train(cfg: Config) -> dict:
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
     with TrainingRun(cfg, "01_nerf", scene, device, backend, save_state, load_state, validate) as run:
         for step in run.steps():
-            precrop = cfg.precrop_fraction if step <= cfg.precrop_iters else 1.0
-            rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator,
-                                                      precrop_fraction=precrop)
+            pixels = central_crop(train_split, cfg.precrop_fraction) if step <= cfg.precrop_iters else None
+            rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator, pixel_box=pixels)
             rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
             target_rgb = composite_on_background(target, background)  # RGBA over white; RGB as it is
 
@@ -279,13 +320,14 @@ def train(cfg: Config) -> dict:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            run.check_finite(step, loss, params, check_grads=not scaler.is_enabled())
+            check_finite(step, loss, params, lr=lr, scaler=scaler)  # a NaN stops the run before the update
             scaler.step(optimizer)
             scaler.update()
             run.log(step, loss=loss.item(), psnr=mse_to_psnr(loss_fine.item()), lr=lr)
 
     return final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, background,
-                            iters=run.step, backend=backend, device=str(device), preset=cfg.preset)
+                            camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
+                            preset=cfg.preset, gt_protocol=cfg.gt_protocol)
 
 
 # ================================================================================================
@@ -309,6 +351,8 @@ def make_image_renderer(coarse, fine, scene, cfg: Config, backend: str, backgrou
 # ================================================================================================
 def main(argv=None) -> dict:
     cfg = parse_config(Config, argv, presets=PRESETS)
+    # The run folder checked; with --resume or --render_only, the settings of the checkpoint being continued.
+    cfg = prepare_run(cfg, "01_nerf", required_keys=("coarse", "fine"))
     return train(cfg)
 
 

@@ -36,14 +36,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
+from common.cli import RunConfig, parse_config, resolve_device, run_main
 from common.datasets import composite_on_background, load_scene
-from common.evaluation import evaluate_split, render_view
+from common.evaluation import evaluate_split, final_evaluation, render_view
 from common.metrics import mse_to_psnr
 from common.numerics import NORM_EPS
 from common.paths import focus_point, orbit_path, spiral_path
 from common.rays import sample_ray_batch
-from common.training import TrainingRun, seed_everything
+from common.training import TrainingRun, check_finite, prepare_run, seed_everything
 from common.video import colorize_depth, write_video
 
 PAPER_BATCH_RAYS = 16384
@@ -461,14 +461,11 @@ def compute_losses(out: dict, target: torch.Tensor, cfg: Config) -> dict:
 
 def train(cfg: Config) -> dict:
     """Train the proposal and NeRF MLPs; evaluate on the test split; write pictures and videos. Returns the metrics."""
-    if cfg.linear_scaling:
-        cfg = apply_linear_scaling(cfg)
     device = resolve_device(cfg.device)
-    cfg.outdir = str(cfg.outdir or default_outdir("03_mipnerf360", cfg.scene))
     seed_everything(cfg.seed)
-    scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale)
+    scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale, gt_protocol=cfg.gt_protocol)
     train_split = scene.splits["train"]
-    background = 1.0 if scene.white_background else 0.0  # what RGBA targets are composited on
+    background = scene.background  # what RGBA targets are composited on (the opaque last interval learns it)
     radius = pixel_radii(train_split.cameras.K[0])
 
     prop_mlp = MipMLP(cfg.prop_depth, cfg.prop_width, cfg, with_rgb=False).to(device)
@@ -513,7 +510,7 @@ def train(cfg: Config) -> dict:
             scaler.scale(losses["loss"]).backward()
             # A NaN or infinite loss or gradient stops the run here, naming the step. (multinerf instead zeroes
             # non-finite gradients with nan_to_num; we would rather know.)
-            run.check_finite(step, losses["loss"], params, check_grads=not scaler.is_enabled())
+            check_finite(step, losses["loss"], params, lr=lr, scaler=scaler)
             scaler.unscale_(optimizer)
             if cfg.grad_max_norm > 0:  # each MLP clipped on its own (multinerf)
                 torch.nn.utils.clip_grad_norm_(prop_mlp.parameters(), cfg.grad_max_norm)
@@ -523,12 +520,10 @@ def train(cfg: Config) -> dict:
             run.log(step, loss=losses["loss"].item(), psnr=mse_to_psnr(F.mse_loss(out["rgb"].detach(), target_rgb).item()),
                     lr=lr)
 
-    metrics = evaluate_split(render_fn, scene.splits["test"], Path(cfg.outdir) / "test",
-                             n_views=cfg.n_test_views or None, background=background, near=scene.near, far=scene.far,
-                             scene=scene.name, iters=run.step, device=str(device), preset=cfg.preset)
-    print(f"test: PSNR {metrics['mean_psnr']:.2f} dB, SSIM {metrics['mean_ssim']:.4f} over {len(metrics['views'])} "
-          f"views -> {Path(cfg.outdir) / 'test'}")
-    if cfg.video_frames > 0:
+    metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, 0, background,
+                               camera_path=cfg.camera_path, iters=run.step, backend="torch", device=str(device),
+                               preset=cfg.preset, gt_protocol=cfg.gt_protocol)
+    if cfg.video_frames > 0:  # an orbit and a spiral, each in colour and depth
         videos = render_videos(render_fn, scene, Path(cfg.outdir), cfg.video_frames)
         print("videos: " + ", ".join(str(v) for v in videos))
     return metrics
@@ -578,6 +573,10 @@ def _focus_distance(c2w: torch.Tensor) -> float:
 # ================================================================================================
 def main(argv=None) -> dict:
     cfg = parse_config(Config, argv, presets=PRESETS)
+    if cfg.linear_scaling:
+        cfg = apply_linear_scaling(cfg)
+    # The run folder checked; with --resume or --render_only, the settings of the checkpoint being continued.
+    cfg = prepare_run(cfg, "03_mipnerf360", required_keys=("prop_mlp", "nerf_mlp"))
     return train(cfg)
 
 

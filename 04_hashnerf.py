@@ -29,13 +29,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
+from common.cli import RunConfig, parse_config, resolve_device, run_main
 from common.datasets import background_color, composite_on_background, load_scene
 from common.evaluation import evaluate_split, final_evaluation
 from common.metrics import mse_to_psnr
-from common.numerics import trunc_exp
 from common.rays import sample_ray_batch
-from common.training import TrainingRun, decayed_learning_rate, seed_everything
+from common.training import TrainingRun, check_finite, decayed_learning_rate, prepare_run, seed_everything
 from kernels import ray_indices_from_counts
 from kernels.backend import resolve_backend
 from kernels.compositing import composite
@@ -52,32 +51,32 @@ class Config(RunConfig):
 
     # The settings every script shares (--scene, --datadir, --outdir, --backend, --device, --seed, --quick,
     # --preset, --resume, --time_budget_s, logging and outputs) come from common/cli.py, RunConfig.
-    iters: int = field(default=20_000, metadata={"help": "training iterations (the paper trains 5 min; ~30k steps)"})
+    iters: int = field(default=20_000, metadata={"help": "training iterations (the paper's 5-minute result is ~50k steps; fewer here, with the decay below)", "min": 1})
     # --- hash encoding (Sec. 3, Table 1) ---
-    n_levels: int = field(default=16, metadata={"help": "L, resolution levels"})
-    n_features: int = field(default=2, metadata={"help": "F, features per level"})
-    log2_table_size: int = field(default=19, metadata={"help": "T = 2^this table entries per level"})
-    base_resolution: int = field(default=16, metadata={"help": "N_min, coarsest grid resolution"})
-    max_resolution: int = field(default=2048, metadata={"help": "N_max, finest grid resolution"})
-    hidden_width: int = field(default=64, metadata={"help": "units of the small MLPs (Sec. 5.4)"})
+    n_levels: int = field(default=16, metadata={"help": "L, resolution levels", "min": 1})
+    n_features: int = field(default=2, metadata={"help": "F, features per level", "min": 1, "max": 8})
+    log2_table_size: int = field(default=19, metadata={"help": "T = 2^this table entries per level", "min": 1, "max": 30})
+    base_resolution: int = field(default=16, metadata={"help": "N_min, coarsest grid resolution", "min": 1})
+    max_resolution: int = field(default=2048, metadata={"help": "N_max, finest grid resolution", "min": 1})
+    hidden_width: int = field(default=64, metadata={"help": "units of the small MLPs (Sec. 5.4)", "min": 1})
     # --- occupancy grid and marching (Sec. 5.4, Appendix E) ---
-    grid_resolution: int = field(default=128, metadata={"help": "occupancy grid cells per side"})
-    grid_update_every: int = field(default=16, metadata={"help": "iterations between occupancy updates"})
-    grid_warmup: int = field(default=256, metadata={"help": "iterations during which every cell is updated"})
-    grid_threshold: float = field(default=0.01, metadata={"help": "a cell is occupied when one step through it has optical thickness above this"})
-    grid_decay: float = field(default=0.95, metadata={"help": "decay of the running max of densities per update"})
-    steps_per_diagonal: int = field(default=1024, metadata={"help": "marching step = box diagonal / this (paper: sqrt(3)/1024 per unit)"})
-    max_samples: int = field(default=1024, metadata={"help": "cap on samples per ray"})
-    early_stop_eps: float = field(default=1e-4, metadata={"help": "stop a ray once its transmittance drops below this"})
-    chunk: int = field(default=8192, metadata={"help": "rays per forward pass when rendering whole images"})
+    grid_resolution: int = field(default=128, metadata={"help": "occupancy grid cells per side", "min": 2, "multiple_of": 2})
+    grid_update_every: int = field(default=16, metadata={"help": "iterations between occupancy updates", "min": 1})
+    grid_warmup: int = field(default=256, metadata={"help": "iterations during which every cell is updated", "min": 0})
+    grid_threshold: float = field(default=0.01, metadata={"help": "a cell is occupied when one step through it has optical thickness above this", "min": 0})
+    grid_decay: float = field(default=0.95, metadata={"help": "decay of the running max of densities per update", "min": 0, "max": 1})
+    steps_per_diagonal: int = field(default=1024, metadata={"help": "marching step = box diagonal / this (paper: sqrt(3)/1024 per unit)", "min": 1})
+    max_samples: int = field(default=1024, metadata={"help": "cap on samples per ray", "min": 1})
+    early_stop_eps: float = field(default=1e-4, metadata={"help": "stop a ray once its transmittance drops below this", "min": 0, "below": 1})
+    chunk: int = field(default=8192, metadata={"help": "rays per forward pass when rendering whole images", "min": 1})
     # --- optimisation (Sec. 4) ---
-    batch_rays: int = field(default=4096, metadata={"help": "rays per iteration"})
-    lr: float = field(default=1e-2, metadata={"help": "Adam learning rate (paper: 1e-2)"})
-    lr_final: float = field(default=3e-4, metadata={"help": "learning rate at the last iteration (exponential decay)"})
-    weight_decay: float = field(default=1e-6, metadata={"help": "L2 on the MLP weights only (paper: 1e-6)"})
-    sparsity_weight: float = field(default=0.0, metadata={"help": "JHashNeRF sparsity loss on densities (0 = off)"})
-    tv_weight: float = field(default=0.0, metadata={"help": "JHashNeRF total-variation loss on the hash grid (0 = off)"})
-    mixed_precision: bool = field(default=True, metadata={"help": "fp16 autocast for the MLPs on a GPU (compositing stays fp32)"})
+    batch_rays: int = field(default=4096, metadata={"help": "rays per iteration", "min": 1})
+    lr: float = field(default=1e-2, metadata={"help": "Adam learning rate (paper: 1e-2)", "above": 0})
+    lr_final: float = field(default=3e-4, metadata={"help": "learning rate at the last iteration; we decay exponentially, the paper steps it down x0.33 at 20k steps and every 10k after (Sec. 5.4)", "above": 0})
+    weight_decay: float = field(default=1e-6, metadata={"help": "L2 on the MLP weights only (paper: 1e-6)", "min": 0})
+    sparsity_weight: float = field(default=0.0, metadata={"help": "JHashNeRF sparsity loss on densities (0 = off)", "min": 0})
+    tv_weight: float = field(default=0.0, metadata={"help": "JHashNeRF total-variation loss on the hash grid (0 = off)", "min": 0})
+    mixed_precision: bool = field(default=True, metadata={"help": "fp16 autocast for the MLPs on a GPU, compositing stays fp32 (Instant-NGP's MLPs run in half precision)"})
 
 
 PRESETS = {
@@ -99,9 +98,42 @@ PRESETS = {
 # ================================================================================================
 # The field: hash encoding -> density MLP; spherical harmonics + features -> colour MLP (Sec. 5.4)
 # ================================================================================================
+def hash_grid_level(x: torch.Tensor, table: torch.Tensor, scale: float, resolution: int) -> torch.Tensor:
+    """One level of the multiresolution hash encoding (Sec. 3), written out to read; HashEncoding below runs all
+    L levels at once on the fast path (kernels/hash_encoding.py and .cu), and a test checks that level l of it
+    equals this function.
+
+    Eq. 2-3: the level's grid has scale_l = N_min b^l - 1 cells per unit (with tiny-cuda-nn's "- 1") and
+    resolution_l = ceil(scale_l) + 1 vertices per axis. The point sits at x * scale_l + 0.5 (tiny-cuda-nn's
+    half-vertex offset staggers the levels). Each of its cell's 8 vertices owns a row of the table: directly
+    (x + y res + z res^2) while res^3 fits in T rows, otherwise through the spatial hash of Eq. 4,
+    (x pi_1) XOR (y pi_2) XOR (z pi_3) mod T, where colliding vertices simply share a row (the gradient sorts
+    out which one matters). The 8 rows are blended trilinearly.
+    x: (N, 3) in [0, 1]; table: (T, F) with T a power of two. Returns (N, F).
+    """
+    n_rows = table.shape[0]
+    pos = x * scale + 0.5  # (N, 3) position in grid units
+    lower = torch.floor(pos)  # (N, 3) the cell's lowest vertex
+    frac = pos - lower  # (N, 3) where the point sits inside the cell, in [0, 1)
+    encoded = torch.zeros(x.shape[0], table.shape[1], dtype=table.dtype, device=x.device)  # (N, F)
+    for corner in ((0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 1), (1, 1, 1)):
+        offset = torch.tensor(corner, device=x.device)  # (3,)
+        vx, vy, vz = (lower.long() + offset).unbind(-1)  # (N,) each: this corner's integer vertex
+        if resolution ** 3 <= n_rows:
+            row = vx + vy * resolution + vz * resolution * resolution  # (N,) a dense level: one row per vertex
+        else:
+            row = (vx * 1) ^ (vy * 2654435761) ^ (vz * 805459861)  # (N,) Eq. 4, primes pi_1, pi_2, pi_3
+        row = row & (n_rows - 1)  # mod T
+        trilinear = torch.where(offset.bool(), frac, 1.0 - frac).prod(dim=-1)  # (N,) this corner's weight
+        encoded = encoded + trilinear[:, None] * table[row]  # (N, F)
+    return encoded
+
+
 def spherical_harmonics(dirs: torch.Tensor) -> torch.Tensor:
-    """Real spherical harmonics up to degree 3 (16 coefficients) of unit directions: the direction encoding
-    of Instant-NGP (Sec. 5.4). The constants are the usual normalisations sqrt((2l+1)/(4pi) (l-m)!/(l+m)!).
+    """Real spherical harmonics of unit directions, bands l = 0..3 (16 coefficients): the direction encoding of
+    Instant-NGP (Sec. 5.4), which counts these 4 bands as "up to degree 4". Each constant is the normalisation
+    K_l^m = sqrt((2l+1)/(4 pi) (l-|m|)!/(l+|m|)!), times sqrt(2) for m != 0, with the polynomial's own factor
+    folded in (e.g. l = 1: sqrt(3/(4 pi)) = 0.4886).
     dirs: (N, 3) unit vectors -> (N, 16)"""
     x, y, z = dirs.unbind(-1)
     xx, yy, zz = x * x, y * y, z * z
@@ -116,6 +148,28 @@ def spherical_harmonics(dirs: torch.Tensor) -> torch.Tensor:
         -0.4570457994644658 * x * (4 * zz - xx - yy), 1.445305721320277 * z * (xx - yy),
         -0.5900435899266435 * x * (xx - 3 * yy),
     ], dim=-1)
+
+
+class TruncExp(torch.autograd.Function):
+    """sigma = exp(x) forward; the backward uses exp(min(x, 15)) (the truncated exponential of the PyTorch
+    ports of Instant-NGP, e.g. torch-ngp): exp lets sigma span many decades from a small network output, and
+    clamping the gradient's exponent keeps one very dense sample from sending a huge update into every
+    hash-table entry it touches."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return grad_output * torch.exp(x.clamp(max=15.0))
+
+
+def trunc_exp(x: torch.Tensor) -> torch.Tensor:
+    """exp(x), with the gradient clamped at exp(15) ~ 3.3e6 (see TruncExp). x: any shape -> same shape."""
+    return TruncExp.apply(x)
 
 
 class HashField(nn.Module):
@@ -140,7 +194,7 @@ class HashField(nn.Module):
         """points (N, 3) world -> sigma (N,), geometry features (N, 16)."""
         features = self.encoding(self.unit_cube(points), backend=backend)  # (N, L*F)
         h = self.density_mlp(features)  # (N, 16)
-        sigma = trunc_exp(h[:, 0].float())  # exp keeps sigma > 0 and lets it span decades (Sec. 5.4)
+        sigma = trunc_exp(h[:, 0].float())  # exp keeps sigma > 0 and lets it span decades
         return sigma, h
 
     def forward(self, points: torch.Tensor, dirs: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,12 +261,11 @@ def train(cfg: Config) -> dict:
     """Train the hash-grid field; evaluate on the test split; write pictures and videos. Returns the metrics."""
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)
-    cfg.outdir = str(cfg.outdir or default_outdir("04_hashnerf", cfg.scene))
     seed_everything(cfg.seed)
-    scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale)
+    scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale, gt_protocol=cfg.gt_protocol)
     train_split = scene.splits["train"]
     aabb = scene.aabb.to(device)
-    test_background = 1.0 if scene.white_background else 0.0
+    test_background = scene.background  # white for Blender scenes (RGB images are taken to be on it too)
 
     field_ = HashField(cfg, aabb).to(device)
     grid = OccupancyGrid(aabb, resolution=cfg.grid_resolution, decay=cfg.grid_decay,
@@ -279,7 +332,7 @@ def train(cfg: Config) -> dict:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            run.check_finite(step, loss, field_.parameters(), check_grads=not scaler.is_enabled())
+            check_finite(step, loss, field_.parameters(), lr=lr, scaler=scaler)  # a NaN stops the run here
             scaler.step(optimizer)
             scaler.update()
             # Marching statistics go to the CSV rows only (counting occupied cells unpacks the whole grid).
@@ -288,7 +341,8 @@ def train(cfg: Config) -> dict:
                                        occupancy=round(grid.occupancy_fraction(), 4)))
 
     return final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, test_background,
-                            iters=run.step, backend=backend, device=str(device), preset=cfg.preset)
+                            camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
+                            preset=cfg.preset, gt_protocol=cfg.gt_protocol)
 
 
 # ================================================================================================
@@ -311,6 +365,8 @@ def make_image_renderer(field_: HashField, grid: OccupancyGrid, cfg: Config, bac
 # ================================================================================================
 def main(argv=None) -> dict:
     cfg = parse_config(Config, argv, presets=PRESETS)
+    # The run folder checked; with --resume or --render_only, the settings of the checkpoint being continued.
+    cfg = prepare_run(cfg, "04_hashnerf", required_keys=("field", "grid"))
     return train(cfg)
 
 

@@ -2,11 +2,15 @@
 #   make demo   trains vanilla NeRF on the built-in scene (under 3 minutes on 2 CPU cores) and writes pictures
 #   make test   runs the test suite
 # Both make their own virtual environment in .venv from requirements.txt the first time.
+#   make test-gpu   on a machine with an NVIDIA GPU: the tests marked gpu (CuPy against the twins), in .venv-gpu
+#                   built from requirements.txt + requirements-gpu.txt (CUDA PyTorch and CuPy)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+VENV_GPU := .venv-gpu
+PY_GPU := $(VENV_GPU)/bin/python
 
-.PHONY: demo demo-hashnerf test venv clean
+.PHONY: demo demo-hashnerf test test-gpu venv clean
 
 venv: $(VENV)/.installed
 
@@ -25,5 +29,16 @@ demo-hashnerf: venv
 test: venv
 	$(PY) -m pytest -q tests
 
+$(VENV_GPU)/.installed: requirements.txt requirements-gpu.txt
+	$(PYTHON) -m venv $(VENV_GPU)
+	$(PY_GPU) -m pip install --quiet --upgrade pip
+	$(PY_GPU) -m pip install --quiet -r requirements.txt -r requirements-gpu.txt
+	touch $@
+
+# Stops with the reason when CuPy cannot reach a GPU (rather than skipping every test and calling it a pass).
+test-gpu: $(VENV_GPU)/.installed
+	$(PY_GPU) -c "import sys; from kernels.backend import cupy_status; r = cupy_status(); sys.exit(r and 'make test-gpu: ' + r)"
+	$(PY_GPU) -m pytest -q -m gpu tests
+
 clean:
-	rm -rf $(VENV) runs data/builtin
+	rm -rf $(VENV) $(VENV_GPU) runs data/builtin

@@ -9,7 +9,7 @@
     checkpoints    atomic save, load, latest
     training       seeding, CSV log with progress bar, PSNR plot, config.json
     cli            dataclass -> argparse, device choice, one-line user errors
-    numerics       named numerical guards (safe_exp, trunc_exp, eps constants)
+    numerics       named numerical guards (safe_exp, safe_normalize, safe_sqrt, eps constants)
     errors         UserError
 
 Import the modules you need (`from common.datasets import load_scene`); importing `common` itself loads nothing.

@@ -3,8 +3,8 @@
 mip-NeRF 360 (03) is about captures whose background lies at every distance. Its built-in scene is the
 object scene of `common.builtin_scene` (the same four analytic shapes, the same shading, the same cameras on a
 sphere of radius 4 looking at the origin, with a wider field of view) placed inside a sphere of radius
-SKY_RADIUS = 25 that carries a smooth procedural texture. Every ray hits something, so the images are opaque RGB
-and the far background is six times farther than the objects: a NeRF sampling linearly between near and far
+SKY_RADIUS = 25 that carries a smooth procedural texture. Every ray hits something, so the images are opaque: stored as
+RGBA with alpha 1 everywhere (no background colour to assume or composite), and the far background is six times farther than the objects: a NeRF sampling linearly between near and far
 wastes most samples on empty space, and a bounded NeRF cannot put the sky at its true distance.
 
 Written in the Blender layout (transforms_{train,val,test}.json + {split}/r_<i>.png, read by
@@ -26,7 +26,7 @@ from common.builtin_scene import STAMP_FILE, _atomic_write_bytes, camera_poses, 
 from common.rays import rays_through_pixels
 
 # Bump when anything below changes: `ensure_unbounded_scene` regenerates data stamped with another version.
-SCENE_VERSION = 1
+SCENE_VERSION = 2
 DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "data" / "builtin_unbounded"
 DEFAULT_RESOLUTION = 64
 CAMERA_ANGLE_X = 1.0  # radians (57 degrees): wider than lego's 0.69, so every view shows sky around the objects
@@ -101,7 +101,7 @@ def _stamp(resolution: int, n_train: int, n_val: int, n_test: int) -> dict:
 
 def write_unbounded_scene(root, n_train: int = 60, n_val: int = 4, n_test: int = 8,
                           resolution: int = DEFAULT_RESOLUTION) -> Path:
-    """Render the scene and write it in the Blender layout under `root` (RGB PNGs, poses scaled by
+    """Render the scene and write it in the Blender layout under `root` (opaque RGBA PNGs, poses scaled by
     WORLD_SCALE), the version stamp last. Deterministic. Returns root."""
     from PIL import Image
 
@@ -111,7 +111,8 @@ def write_unbounded_scene(root, n_train: int = 60, n_val: int = 4, n_test: int =
     focal = 0.5 * resolution / math.tan(0.5 * CAMERA_ANGLE_X)
     for split, poses in camera_poses(n_train, n_val, n_test).items():
         rgb, _ = render_unbounded_views(poses, resolution, resolution, focal)
-        pixels = (rgb * 255.0).round().to(torch.uint8).numpy()
+        rgba = torch.cat([rgb, torch.ones_like(rgb[..., :1])], dim=-1)  # opaque: alpha 1 everywhere
+        pixels = (rgba * 255.0).round().to(torch.uint8).numpy()
         (root / split).mkdir(exist_ok=True)
         frames = []
         for i, (image, pose) in enumerate(zip(pixels, poses)):

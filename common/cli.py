@@ -11,21 +11,37 @@ Every field becomes `--name` (an alias `--na-me` is accepted for names with unde
 `tuple[int, ...]` take several values. A preset (`--quick`, or `--preset cpu` when the Config has a `preset`
 field) replaces defaults before the explicit options are applied, so `--quick --iters 2000` runs the quick
 preset with 2000 steps.
+
+Numeric fields declare the values they accept in their metadata, and `parse_config` checks the final values
+(defaults, presets and command line alike) before anything runs:
+
+    iters: int = field(default=30_000, metadata={"help": "training steps", "min": 1})
+    lr: float = field(default=5e-4, metadata={"help": "learning rate", "above": 0})
+
+"min"/"max" are inclusive bounds, "above"/"below" exclusive ones, "multiple_of" a step (an even grid size:
+2). A value outside gives a one-line UserError naming the flag, the value and the range
+(`--iters 0 is out of range: it must be >= 1`), instead of a ZeroDivisionError after training, a model
+scored untrained with exit status 0, or an error deep inside a kernel. A subclass that declares a field
+again without a range keeps the range of the base class (so every script's `--iters` is at least 1).
 """
 import argparse
 import dataclasses
+import math
+import signal
 import sys
+import threading
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 
-from common.errors import UserError
+from common.errors import Terminated, UserError
 
 _NONE_WORDS = ("none", "None", "null")
+RANGE_KEYS = ("min", "max", "above", "below", "multiple_of")
 
 
 def _parse_int(text: str) -> int:
@@ -111,6 +127,9 @@ def parse_config(config_cls, argv=None, presets: dict | None = None, description
         defaults; values given explicitly on the command line win over presets, whatever their order. The
         `preset` field of the result holds the preset actually used.
     description: the --help text (default: the dataclass docstring).
+    The final values are checked against the ranges in the fields' metadata (`check_ranges`; --help shows
+    them in brackets). If the dataclass has a `cli_options` field (RunConfig does), it is set to the names of
+    the options given on the command line.
     """
     presets = presets or {}
     hints = typing.get_type_hints(config_cls)
@@ -138,6 +157,9 @@ def parse_config(config_cls, argv=None, presets: dict | None = None, description
             help_text += " (preset: " + ", ".join(f"{k}={v}" for k, v in presets[f.name].items()) + ")"
         if f.name == "preset" and has_preset_field:
             options["choices"] = ["auto", *presets]
+        range_text = _range_text(_range_of(config_cls, f))
+        if range_text:
+            help_text += f" [{range_text}]"
         if defaults[f.name] is not dataclasses.MISSING:
             help_text += f" (default: {defaults[f.name]})"
         flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
@@ -167,7 +189,75 @@ def parse_config(config_cls, argv=None, presets: dict | None = None, description
     for f in fields:  # nargs="+" gives lists; honour tuple annotations
         if typing.get_origin(hints[f.name]) is tuple and isinstance(values.get(f.name), list):
             values[f.name] = tuple(values[f.name])
-    return config_cls(**values)
+    cfg = config_cls(**values)
+    check_ranges(cfg)
+    if any(f.name == "cli_options" for f in dataclasses.fields(config_cls)):
+        cfg.cli_options = tuple(explicit)  # what the user typed, for the record and for --resume
+    return cfg
+
+
+def _range_of(config_cls, f: dataclasses.Field) -> dict:
+    """The range keys of a field's metadata, or, when it declares none, those of the same field in the nearest
+    base dataclass that declares some (a script redeclaring `iters` with its own default keeps `min: 1`)."""
+    own = {k: f.metadata[k] for k in RANGE_KEYS if k in f.metadata}
+    if own:
+        return own
+    for base in config_cls.__mro__[1:]:
+        inherited = getattr(base, "__dataclass_fields__", {}).get(f.name)
+        if inherited is not None:
+            found = {k: inherited.metadata[k] for k in RANGE_KEYS if k in inherited.metadata}
+            if found:
+                return found
+    return {}
+
+
+def _range_text(bounds: dict) -> str:
+    """'>= 1', '> 0', 'in [0, 1]', 'in (0, 1]', '>= 2 and a multiple of 2', ... ('' for no range)."""
+    low = ("[", bounds["min"]) if "min" in bounds else ("(", bounds["above"]) if "above" in bounds else None
+    high = ("]", bounds["max"]) if "max" in bounds else (")", bounds["below"]) if "below" in bounds else None
+    if low and high:
+        text = f"in {low[0]}{_number(low[1])}, {_number(high[1])}{high[0]}"
+    elif low:
+        text = f"{'>=' if low[0] == '[' else '>'} {_number(low[1])}"
+    elif high:
+        text = f"{'<=' if high[0] == ']' else '<'} {_number(high[1])}"
+    else:
+        text = ""
+    if "multiple_of" in bounds:
+        text += (" and " if text else "") + f"a multiple of {bounds['multiple_of']}"
+    return text
+
+
+def _number(value) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _in_range(value, bounds: dict) -> bool:
+    if isinstance(value, float) and math.isnan(value):
+        return False  # NaN compares False with everything: it would pass every bound below
+    return not (("min" in bounds and value < bounds["min"]) or ("max" in bounds and value > bounds["max"])
+                or ("above" in bounds and value <= bounds["above"]) or ("below" in bounds and value >= bounds["below"])
+                or ("multiple_of" in bounds and value % bounds["multiple_of"] != 0))
+
+
+def check_ranges(cfg) -> None:
+    """Check every numeric field of the dataclass instance `cfg` against the range in its metadata (see the
+    module docstring); a one-line UserError names the first flag out of range, its value and the range.
+
+    None (an Optional field left unset) is not checked; for list/tuple fields every element is. parse_config
+    calls this; call it again after changing a Config in code.
+    """
+    for f in dataclasses.fields(cfg):
+        bounds = _range_of(type(cfg), f)
+        value = getattr(cfg, f.name)
+        if not bounds or value is None:
+            continue
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                continue
+            if not _in_range(item, bounds):
+                shown = " ".join(map(_number, value)) if isinstance(value, (list, tuple)) else _number(value)
+                raise UserError(f"--{f.name} {shown} is out of range: it must be {_range_text(bounds)}")
 
 
 @dataclass
@@ -182,21 +272,31 @@ class RunConfig:
     scene: str = field(default="builtin", metadata={"help": "builtin (generated), a Blender scene name (lego, ...) or a folder"})
     datadir: Optional[str] = field(default=None, metadata={"help": "scene folder (default data/nerf_synthetic/<scene>)"})
     outdir: Optional[str] = field(default=None, metadata={"help": "run folder (default runs/<script>/<scene>)"})
-    downscale: int = field(default=1, metadata={"help": "reduce images by this factor (area averaging)"})
-    iters: int = field(default=30_000, metadata={"help": "training iterations"})
+    downscale: int = field(default=1, metadata={"help": "reduce images by this factor (area averaging)", "min": 1})
+    iters: int = field(default=30_000, metadata={"help": "training iterations", "min": 1})
     backend: str = field(default="auto", metadata={"help": "kernels: torch | cuda | emulated | auto"})
     device: str = field(default="auto", metadata={"help": "cpu | cuda | auto"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
+    # NumPy's seed must fit in 32 unsigned bits; a negative one is refused by np.random.seed.
+    seed: int = field(default=0, metadata={"help": "random seed", "min": 0, "max": 2**32 - 1})
     quick: bool = field(default=False, metadata={"help": "small CPU preset for the built-in scene (minutes)"})
     preset: str = field(default="auto", metadata={"help": "paper | cpu | quick | auto (cpu on a CPU, paper on a GPU)"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --outdir"})
-    time_budget_s: float = field(default=0.0, metadata={"help": "stop training after this many seconds (0 = run all --iters)"})
+    time_budget_s: float = field(default=0.0, metadata={"help": "stop training after this many seconds (0 = run all --iters)", "min": 0})
     # --- logging and outputs ---
-    log_every: int = field(default=100, metadata={"help": "iterations between log rows"})
-    eval_every: int = field(default=0, metadata={"help": "iterations between held-out PSNR checks on a val view (0 = at the end only)"})
-    ckpt_every: int = field(default=1000, metadata={"help": "iterations between checkpoints"})
-    n_test_views: int = field(default=0, metadata={"help": "test views to render and score at the end (0 = all)"})
-    video_frames: int = field(default=120, metadata={"help": "frames of the spherical-path videos (0 = no video)"})
+    log_every: int = field(default=100, metadata={"help": "iterations between log rows", "min": 1})
+    eval_every: int = field(default=0, metadata={"help": "iterations between held-out PSNR checks on a val view (0 = at the end only)", "min": 0})
+    ckpt_every: int = field(default=1000, metadata={"help": "iterations between checkpoints", "min": 1})
+    n_test_views: int = field(default=0, metadata={"help": "test views to render and score at the end (0 = all)", "min": 0})
+    video_frames: int = field(default=120, metadata={"help": "frames of the spherical-path videos (0 = no video)", "min": 0})
+    # --- using a trained model ---
+    render_only: bool = field(default=False, metadata={"help": "no training: load the latest checkpoint of --outdir (its saved config rebuilds the model), write test renders, metrics and videos"})
+    camera_path: Optional[str] = field(default=None, metadata={"help": "JSON of camera-to-world poses to render as a video (a list of 4x4 matrices, or {'frames': [{'transform_matrix': ...}]} as in transforms_*.json)"})
+    # --- data protocol ---
+    gt_protocol: Literal["premultiplied", "straight"] = field(default="premultiplied", metadata={"help": "how --downscale averages RGBA images: premultiplied (colour weighted by alpha = composite at full size, then average; ours) | straight (average RGBA as stored, then composite: what common loaders do, darker edges)"})
+    # Not an option: parse_config records here the names of the options given on the command line (None when
+    # the Config was built in code). config.json keeps what the user typed, and --resume takes every setting
+    # that was not typed again from the checkpoint (common.checkpoints.resume_config).
+    cli_options: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
 
 
 def default_outdir(script: str, scene: str) -> Path:
@@ -224,11 +324,39 @@ def resolve_device(name: str | None = "auto") -> torch.device:
 
 
 def run_main(fn, *args, **kwargs):
-    """Call fn(*args, **kwargs); a UserError (including kernels.backend.BackendError) is printed as one line
-    `error: <message>` on stderr and exits with status 2. Other exceptions propagate with their traceback."""
+    """Call fn(*args, **kwargs) the way a script's `__main__` should, so that no run ends in a traceback the user
+    cannot act on:
+
+    * a UserError (including kernels.backend.BackendError) is printed as one line `error: <message>` on stderr
+      and exits with status 2;
+    * Ctrl-C anywhere outside the training loop's own handling (loading data, the final test renders, the
+      videos) prints one line on stderr and exits with status 130 (128 + SIGINT), instead of a traceback;
+    * SIGTERM, what a cluster scheduler or `kill` sends before killing a job, is turned into the same clean
+      exit (status 143 = 128 + SIGTERM) where Python's default would end the process on the spot without
+      running any `finally` (lock release, temporary-file removal). Inside training, GracefulInterrupt takes
+      SIGTERM over and checkpoints first.
+    Other exceptions (bugs) propagate with their traceback. Signal handlers are installed only in the main
+    thread and are restored on the way out.
+    """
+    previous_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_to_exception)
     try:
         return fn(*args, **kwargs)
     except UserError as err:
         message = " ".join(str(err).split())  # one line, whatever the message holds
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    except Terminated:
+        print("\nterminated (SIGTERM): stopped; files already written in the run folder are kept", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
+    except KeyboardInterrupt:
+        print("\ninterrupted (Ctrl-C): stopped; files already written in the run folder are kept", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    finally:
+        if previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _sigterm_to_exception(signum, frame):
+    raise Terminated

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from common.datasets import Scene, Split, composite_on_background
 from common.metrics import psnr, ssim
-from common.paths import spherical_path
+from common.paths import load_camera_path, spherical_path
 from common.rays import get_rays, render_image
 from common.training import write_json
 from common.video import colorize_depth, save_image, write_video
@@ -62,7 +62,8 @@ def evaluate_split(render_fn, split: Split, outdir: Path | None, n_views: int | 
             save_image(Path(outdir) / f"gt_{index:03d}.png", gt)
             lo = near if near is not None else float(out["depth"].min())
             hi = far if far is not None else float(out["depth"].max())
-            save_image(Path(outdir) / f"depth_{index:03d}.png", colorize_depth(out["depth"], lo, hi))
+            save_image(Path(outdir) / f"depth_{index:03d}.png",
+                       colorize_depth(out["depth"], lo, hi, opacity=out["opacity"]))
     metrics = dict(split=split.name,
                    mean_psnr=float(np.mean([v["psnr"] for v in views])),
                    mean_ssim=float(np.mean([v["ssim"] for v in views])),
@@ -72,31 +73,40 @@ def evaluate_split(render_fn, split: Split, outdir: Path | None, n_views: int | 
     return metrics
 
 
-def render_path_videos(render_fn, scene: Scene, outdir: Path, n_frames: int, fps: int = 24) -> list[Path]:
-    """Fly a spherical path around the object (at the training cameras' mean radius) and write two videos:
-    colour and colourised depth. Returns the paths written (mp4, or gif where no mp4 writer is available)."""
+def render_path_videos(render_fn, scene: Scene, outdir: Path, n_frames: int, fps: int = 24,
+                       poses: torch.Tensor | None = None, name: str = "video") -> list[Path]:
+    """Fly a camera path and write two videos, colour and colourised depth: `poses` (N, 4, 4) if given, else a
+    spherical path of n_frames around the object at the training cameras' mean radius. The intrinsics are the
+    first training camera's. Returns the paths written (<name>_rgb.mp4 / <name>_depth.mp4, or gif where no mp4
+    writer is available)."""
     cams = scene.splits["train"].cameras
-    radius = float(cams.c2w[:, :3, 3].norm(dim=-1).mean())
-    poses = spherical_path(n_frames, radius=radius)
+    if poses is None:
+        radius = float(cams.c2w[:, :3, 3].norm(dim=-1).mean())
+        poses = spherical_path(n_frames, radius=radius)
     rgb_frames, depth_frames = [], []
-    for c2w in tqdm(poses, desc="rendering video", leave=False):
+    for c2w in tqdm(poses, desc=f"rendering {name}", leave=False):
         out = render_view(render_fn, cams.K[0], c2w, cams.height, cams.width)
         rgb_frames.append((out["rgb"].clamp(0, 1).numpy() * 255).astype(np.uint8))
-        depth_frames.append(colorize_depth(out["depth"], scene.near, scene.far))
+        depth_frames.append(colorize_depth(out["depth"], scene.near, scene.far, opacity=out["opacity"]))
     depth_frames = [(np.asarray(d) * 255).astype(np.uint8) for d in depth_frames]
-    return [write_video(Path(outdir) / "video_rgb.mp4", np.stack(rgb_frames), fps=fps),
-            write_video(Path(outdir) / "video_depth.mp4", np.stack(depth_frames), fps=fps)]
+    return [write_video(Path(outdir) / f"{name}_rgb.mp4", np.stack(rgb_frames), fps=fps),
+            write_video(Path(outdir) / f"{name}_depth.mp4", np.stack(depth_frames), fps=fps)]
 
 
 def final_evaluation(render_fn, scene: Scene, outdir: Path, n_test_views: int, video_frames: int,
-                     background: float, **facts) -> dict:
+                     background: float, camera_path: str | None = None, **facts) -> dict:
     """What every script does after training: score the test views (pictures and metrics.json in <outdir>/test),
     print the result, and fly the spherical-path videos. `facts` (iters, backend, ...) are added to the metrics."""
     metrics = evaluate_split(render_fn, scene.splits["test"], Path(outdir) / "test", n_views=n_test_views or None,
                              background=background, near=scene.near, far=scene.far, scene=scene.name, **facts)
     print(f"test: PSNR {metrics['mean_psnr']:.2f} dB, SSIM {metrics['mean_ssim']:.4f} "
           f"over {len(metrics['views'])} views -> {Path(outdir) / 'test'}")
+    videos = []
     if video_frames > 0:
-        videos = render_path_videos(render_fn, scene, Path(outdir), video_frames)
+        videos += render_path_videos(render_fn, scene, Path(outdir), video_frames)
+    if camera_path:
+        videos += render_path_videos(render_fn, scene, Path(outdir), 0, poses=load_camera_path(camera_path),
+                                     name=f"video_{Path(camera_path).stem}")
+    if videos:
         print("videos: " + ", ".join(str(v) for v in videos))
     return metrics

@@ -28,14 +28,13 @@ that counts them (Instant-NGP does the same; its fox lists 67 frames, 50 of whic
 """
 import json
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from common.datasets import Cameras, Scene, Split, _read_image, downscale_area
-from common.errors import UserError
+from common.errors import UserError, warn
 
 TRANSFORMS = "transforms.json"
 HOLDOUT_EVERY = 8
@@ -114,8 +113,7 @@ def load_ngp_transforms(root, downscale: int = 1, splits=("train", "val", "test"
         raise UserError(f"{path} lists {len(frames)} frames but none of their images exists (first: "
                         f"{root / frames[0]['file_path']}): copy the images next to transforms.json")
     if len(present) < len(frames):
-        warnings.warn(f"{path}: skipping {len(frames) - len(present)} of {len(frames)} frames whose image file is "
-                      f"absent", stacklevel=2)
+        warn(f"{path}: skipping {len(frames) - len(present)} of {len(frames)} frames whose image file is absent")
     scale, offset = normalisation(meta)
     held_out = [f for i, f in enumerate(present) if i % HOLDOUT_EVERY == 0]
     members = {"train": [f for i, f in enumerate(present) if i % HOLDOUT_EVERY != 0], "val": held_out,

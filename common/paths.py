@@ -3,10 +3,13 @@
 Poses are camera-to-world (4, 4) matrices in the OpenGL/Blender convention (x right, y up, looks along -z),
 the same as `common.datasets.Cameras.c2w`; the world's up axis is +z for Blender scenes.
 """
+import json
 import math
+from pathlib import Path
 
 import torch
 
+from common.errors import UserError
 from common.numerics import safe_normalize
 
 
@@ -123,3 +126,26 @@ def orbit_path(c2w: torch.Tensor, n_frames: int = 120) -> torch.Tensor:
     angles = torch.linspace(0.0, 2.0 * math.pi, n_frames + 1)[:-1]  # (n,)
     eyes = centre + float(heights.mean()) * up + radius * (torch.cos(angles)[:, None] * e1 + torch.sin(angles)[:, None] * e2)
     return look_at(eyes, centre.expand_as(eyes), up.expand_as(eyes))
+
+
+def load_camera_path(path) -> torch.Tensor:
+    """Camera-to-world poses for a custom video (--camera_path), from a JSON file holding either a list of 4x4
+    matrices or {"frames": [{"transform_matrix": 4x4}, ...]} (the layout of transforms_*.json, so a Blender
+    split's cameras can be replayed). OpenGL convention, as everywhere here. Returns (N, 4, 4) float32."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read the camera path {path} ({err}): give a JSON file of 4x4 poses") from None
+    frames = data.get("frames") if isinstance(data, dict) else data
+    try:
+        poses = torch.tensor([f["transform_matrix"] if isinstance(f, dict) else f for f in frames],
+                             dtype=torch.float32)
+    except (TypeError, KeyError, ValueError):
+        poses = None
+    if poses is None or poses.ndim != 3 or poses.shape[1:] != (4, 4) or len(poses) == 0:
+        raise UserError(f"{path} is not a list of 4x4 camera-to-world matrices (nor {{'frames': [{{"
+                        f"'transform_matrix': ...}}]}}): fix the file")
+    if not torch.isfinite(poses).all():
+        raise UserError(f"{path} holds a NaN or infinite number in its poses: fix the file")
+    return poses

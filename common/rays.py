@@ -91,24 +91,19 @@ def get_rays(K: torch.Tensor, c2w: torch.Tensor, H: int, W: int, distortion: tor
     return rays_o.contiguous(), rays_d
 
 
-def sample_ray_batch(split, n_rays: int, generator: torch.Generator, precrop_fraction: float = 1.0):
+def sample_ray_batch(split, n_rays: int, generator: torch.Generator, pixel_box: tuple | None = None):
     """A random training batch: each ray picks an image and a pixel uniformly and independently.
 
     split: a `common.datasets.Split` (images (N, H, W, C), cameras on the same device);
     generator: torch.Generator (any device; indices are drawn on its device, then moved to the images' device);
-    precrop_fraction: in (0, 1]; below 1 only the central crop of that fraction of H and W is sampled (NeRF
-        trains the first iterations on the centre of Blender images so that the object, not the empty
-        background, is learnt first).
+    pixel_box: (row_lo, row_hi, col_lo, col_hi), half-open, to draw only pixels inside it (01_nerf.py's
+        precrop uses it); None = the whole image.
     Returns rays_o (R, 3), rays_d (R, 3), target (R, C) with R = n_rays.
     """
-    if not 0.0 < precrop_fraction <= 1.0:
-        raise ValueError(f"precrop_fraction must be in (0, 1], got {precrop_fraction}")
     n_images, H, W, _ = split.images.shape
-    # Centre crop: rows [H/2 - dh, H/2 + dh), at least one pixel.
-    dh = max(1, int(round(H * precrop_fraction / 2)))
-    dw = max(1, int(round(W * precrop_fraction / 2)))
-    row_lo, row_hi = max(0, H // 2 - dh), min(H, H // 2 + dh)
-    col_lo, col_hi = max(0, W // 2 - dw), min(W, W // 2 + dw)
+    row_lo, row_hi, col_lo, col_hi = pixel_box if pixel_box is not None else (0, H, 0, W)
+    if not (0 <= row_lo < row_hi <= H and 0 <= col_lo < col_hi <= W):
+        raise ValueError(f"pixel_box {pixel_box} is empty or outside the {H}x{W} images")
     draw = dict(generator=generator, device=generator.device)
     image_idx = torch.randint(0, n_images, (n_rays,), **draw).to(split.images.device)  # (R,)
     rows = torch.randint(row_lo, row_hi, (n_rays,), **draw).to(split.images.device)  # (R,)
@@ -128,13 +123,14 @@ def render_image(
     rays_d: torch.Tensor,
     chunk: int = 8192,
 ) -> dict:
-    """Render many rays in chunks of `chunk` under torch.no_grad() and concatenate the outputs.
+    """Render many rays in chunks of `chunk` under torch.inference_mode() (no autograd
+    bookkeeping at all, cheaper than no_grad) and concatenate the outputs.
 
     render_fn(rays_o_chunk (r, 3), rays_d_chunk (r, 3)) -> dict of tensors whose first axis is r;
     rays_o, rays_d: (R, 3). Returns the same dict with first axis R (reshape to (H, W, ...) for an image).
     """
     outputs: dict[str, list] = {}
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, rays_o.shape[0], chunk):
             chunk_out = render_fn(rays_o[start : start + chunk], rays_d[start : start + chunk])
             for key, value in chunk_out.items():

@@ -18,8 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.checkpoints import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
-from common.errors import UserError
+from common.checkpoints import (checkpoint_path, latest_checkpoint, load_latest_valid_checkpoint, resume_config,
+                                save_checkpoint)
+from common.cli import default_outdir
+from common.errors import Terminated, UserError
+from common.paths import load_camera_path
+from common.run_folder import RunFolder, prepare_run_folder
 
 LOG_COLUMNS = ("step", "loss", "psnr", "lr", "elapsed_s")
 
@@ -31,22 +35,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def _json_default(obj):
-    """Make Paths, dataclasses, tensors and numpy values JSON-serialisable."""
+def _json_ready(obj):
+    """obj with Paths, dataclasses, tensors and numpy values made JSON types, and every float that is not finite
+    (NaN, +-Infinity) made None. json.dumps would write those as the bare words NaN and Infinity, which are
+    not JSON: Python reads them back but jq, JavaScript and most JSON parsers refuse the whole file."""
+    if isinstance(obj, dict):
+        return {str(k) if isinstance(k, Path) else k: _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, (bool, int, str)) or obj is None:
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, Path):
         return str(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
+        return _json_ready(dataclasses.asdict(obj))
     if isinstance(obj, (torch.Tensor, np.ndarray, np.generic)):
-        return obj.tolist()
+        return _json_ready(obj.tolist())
     raise TypeError(f"cannot write {type(obj).__name__} to JSON")
 
 
 def write_json(path, obj) -> Path:
-    """Write obj as indented JSON (Paths, dataclasses, tensors and numpy values allowed); returns the path."""
+    """Write obj as indented JSON (Paths, dataclasses, tensors and numpy values allowed); returns the path.
+
+    The file is always valid JSON: non-finite floats (a NaN loss, an infinite PSNR) are written as null. It is
+    written to a temporary file and renamed, so a crash mid-write leaves the previous file, never half of one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    text = json.dumps(_json_ready(obj), indent=2, allow_nan=False) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -169,10 +194,6 @@ class TrainLog:
         os.replace(tmp, self.csv_path)  # a crash while rewriting keeps the previous file
 
 
-class NonFiniteError(UserError):
-    """Training produced a NaN or an infinity; the message names the step and the likely causes."""
-
-
 class TrainingRun:
     """The bookkeeping of a training loop, so that the loop on the page shows only the method.
 
@@ -180,20 +201,21 @@ class TrainingRun:
             for step in run.steps():          # resumes, then yields the steps still to do
                 ...sample rays, render, loss...
                 optimizer.zero_grad(); loss.backward()
-                run.check_finite(step, loss, parameters)   # a NaN/Inf stops the run here, before the update
+                check_finite(step, loss, parameters)       # a NaN/Inf stops the run here, before the update
                 optimizer.step()
                 run.log(step, loss=loss.item(), psnr=..., lr=lr)
 
-    What it takes care of, in order:
+    What it takes care of, in order (`prepare_run` has already checked the folder and the config):
       * one line saying what runs where (preset, device, backend, scene, image size, outdir);
-      * the run folder (created, and <outdir>/config.json written);
-      * `--resume`: the newest checkpoint of the folder is loaded through `load_state(state)` and the steps
-        continue after its step; the log keeps the rows up to it;
+      * the run folder: created and locked for this run alone (common/run_folder.py), config.json written;
+      * `--resume`: the newest readable checkpoint of the folder is loaded through `load_state(state)` and the
+        steps continue after its step; the log keeps the rows up to it;
       * after each step: a CSV row every `cfg.log_every` steps, a held-out check every `cfg.eval_every` steps
         (`validate()` returns a PSNR; its time is not training time), a checkpoint every `cfg.ckpt_every`
         steps and at the end;
       * stopping: after `cfg.iters` steps, or once `cfg.time_budget_s` seconds of training are spent (then a
-        checkpoint), or on Ctrl-C / SIGTERM (the step in progress finishes, a checkpoint is written, exit 130).
+        checkpoint), or on Ctrl-C / SIGTERM (the step in progress finishes, a checkpoint is written, exit status
+        130 / 143).
 
     save_state() -> dict: what to checkpoint besides the step (network, optimizer and RNG states);
     load_state(state: dict): puts a checkpoint back; validate() -> float: PSNR of a held-out view (optional).
@@ -207,6 +229,7 @@ class TrainingRun:
                         f"outdir {cfg.outdir}")
         self.save_state, self.load_state, self.validate = save_state, load_state, validate
         self.outdir = Path(cfg.outdir)
+        self._folder = RunFolder(self.outdir)
         self.step = 0  # the last completed step
         self.log_ = None
         self._interrupt = GracefulInterrupt()
@@ -214,12 +237,13 @@ class TrainingRun:
 
     # -- context: the interrupt handlers are installed for the whole run and removed on every exit path --
     def __enter__(self):
-        self.outdir.mkdir(parents=True, exist_ok=True)
+        self._folder.__enter__()  # create + lock: a second run on this folder stops here with one line
         self._interrupt.__enter__()
         return self
 
     def __exit__(self, exc_type, exc, tb):
         self._interrupt.__exit__(exc_type, exc, tb)
+        self._folder.__exit__(exc_type, exc, tb)
         if self.log_ is not None:
             self.log_.close(plot=exc_type is None or exc_type is KeyboardInterrupt)
         if exc_type is KeyboardInterrupt:  # a second Ctrl-C: stop at once, keep the last regular checkpoint
@@ -234,10 +258,16 @@ class TrainingRun:
         """Resume if asked, then yield the steps start+1 .. cfg.iters, stopping early as described above."""
         cfg = self.cfg
         print(self.summary)
+        if cfg.render_only:  # a trained model, no training: load it and yield no step
+            path, state = load_latest_valid_checkpoint(self.outdir)
+            self.load_state(state)
+            self.step = int(state["step"])
+            print(f"--render_only: the model of {path} (step {self.step})")
+            return
         start = 0
-        resume_from = latest_checkpoint(self.outdir) if cfg.resume else None
-        if resume_from is not None:
-            state = load_checkpoint(resume_from, map_location="cpu")
+        found = load_latest_valid_checkpoint(self.outdir) if cfg.resume else None
+        if found is not None:
+            resume_from, state = found
             self.load_state(state)
             start = int(state["step"])
             print(f"resuming from {resume_from} at step {start}")
@@ -269,28 +299,6 @@ class TrainingRun:
         write = step % self.cfg.log_every == 0 or self._stopping
         self.log_.step(step, loss=loss, psnr=psnr, lr=lr, write=write, **(extra() if write and extra else {}))
 
-    def check_finite(self, step: int, loss: torch.Tensor, parameters=(), check_grads: bool = True) -> None:
-        """Stop at the step where the loss or a gradient stops being finite, before the optimizer spreads it into
-        every weight (after which a NeRF renders only background and its loss can even look normal).
-
-        One synchronisation per step: the loss and all gradient norms are reduced to one flag. Pass
-        check_grads=False under fp16 loss scaling, where an infinite gradient is expected now and then (the
-        scaler skips that step). Raises NonFiniteError (one line, exit status 2); the checkpoints already written
-        hold finite weights and stay as they are.
-        """
-        values = [loss.detach().float().reshape(1)]
-        if check_grads:
-            grads = [p.grad.detach() for p in parameters if p.grad is not None]
-            if grads:
-                values.append(torch.stack([g.float().norm() for g in grads]))
-        if bool(torch.isfinite(torch.cat(values)).all()):
-            return
-        what = "loss" if not torch.isfinite(values[0]).all() else "gradient"
-        raise NonFiniteError(
-            f"the {what} became NaN or infinite at step {step}; stopped before the update (last checkpoint: "
-            f"{latest_checkpoint(self.outdir)}). Likely causes: a learning rate too high for this model (try a "
-            f"smaller --lr), or bad training data")
-
     def checkpoint(self, step: int) -> Path:
         return save_checkpoint(checkpoint_path(self.outdir, step),
                                dict(step=step, script=self.script, scene=self.scene_name,
@@ -300,16 +308,73 @@ class TrainingRun:
         return self.cfg.time_budget_s > 0 and self.elapsed() >= self.cfg.time_budget_s
 
     def _exit_interrupted(self) -> None:
-        print(f"\ninterrupted at step {self.step}; last checkpoint: {latest_checkpoint(self.outdir)}; continue "
-              f"with: python {self.script}.py --resume --outdir {self.outdir}")
-        raise SystemExit(130)
+        print(f"\ninterrupted ({self._interrupt.signal_name or 'Ctrl-C'}) at step {self.step}; last checkpoint: "
+              f"{latest_checkpoint(self.outdir)}; continue with: python {self.script}.py --resume --outdir "
+              f"{self.outdir}")
+        raise SystemExit(self._interrupt.exit_status or 130)
+
+
+# What --render_only takes from today's command line; every other setting comes from the checkpoint's config.
+RENDER_SETTINGS = ("outdir", "datadir", "device", "backend", "chunk", "n_test_views", "video_frames",
+                   "render_only", "camera_path")
+
+
+def prepare_run(cfg, script: str, required_keys=()):
+    """Everything that must be settled before a script builds its model or loads data, in one call from main():
+
+      * --outdir: its default (runs/<script>/<scene>) filled in, and checked (a file, a read-only place: one
+        line, before any data loads);
+      * --camera_path: read now, so that a bad pose file fails before training, not after;
+      * --render_only: the Config comes from the latest checkpoint's saved config (the model must be rebuilt as
+        it was trained, whatever today's defaults or preset), keeping only RENDER_SETTINGS from the command line;
+      * --resume: the Config is reconciled with the newest readable checkpoint's (common.checkpoints.
+        resume_config: settings not typed again come from the checkpoint, contradicting ones are refused, as is
+        a checkpoint of another script).
+    script: e.g. "01_nerf"; required_keys: what the script's checkpoints hold (e.g. ("coarse", "fine")), to
+    recognise a folder of another script. Returns the Config to run with.
+    """
+    outdir = cfg.outdir or default_outdir(script, cfg.scene)
+    prepare_run_folder(outdir, create=False)
+    cfg = _replaced(cfg, outdir=str(outdir))
+    if cfg.camera_path:
+        load_camera_path(cfg.camera_path)
+    if cfg.render_only:
+        found = load_latest_valid_checkpoint(outdir)
+        if found is None:
+            raise UserError(f"--render_only: no checkpoint (ckpt_*.pt) in {outdir}: train first, or pass the "
+                            f"--outdir of a finished run")
+        path, state = found
+        saved_script = state.get("script", script)
+        if saved_script != script:
+            raise UserError(f"--render_only: {path} was written by {saved_script}.py, not {script}.py: run "
+                            f"python {saved_script}.py --render_only --outdir {outdir}")
+        known = {f.name for f in dataclasses.fields(cfg) if f.init}
+        saved = {key: value for key, value in state["config"].items() if key in known}
+        saved.update({key: getattr(cfg, key) for key in RENDER_SETTINGS})
+        return _replaced(cfg, **saved)
+    if cfg.resume:
+        found = load_latest_valid_checkpoint(outdir)
+        if found is not None:
+            path, state = found
+            cfg = resume_config(state, cfg, script, checkpoint_file=path, required_keys=required_keys)
+    return cfg
+
+
+def _replaced(cfg, **changes):
+    """dataclasses.replace that keeps `cli_options` (an init=False field, which replace would reset)."""
+    typed = getattr(cfg, "cli_options", None)
+    new = dataclasses.replace(cfg, **changes)
+    if typed is not None:
+        new.cli_options = typed
+    return new
 
 
 def decayed_learning_rate(lr: float, lr_final: float, step: int, iters: int, elapsed_s: float = 0.0,
                           time_budget_s: float = 0.0) -> float:
-    """Exponential decay from lr (step 0) to lr_final (the last step): lr * (lr_final / lr)^progress (NeRF Sec. 5.3,
-    Instant-NGP Sec. 4). progress = step / iters, or the fraction of a time budget spent if that is further along,
-    so that a run cut short by --time_budget_s still ends on the small learning rate."""
+    """Exponential decay from lr (step 0) to lr_final (the last step): lr * (lr_final / lr)^progress (NeRF
+    Sec. 5.3; 04 uses it too, where Instant-NGP steps the rate down instead). progress = step / iters, or the
+    fraction of a time budget spent if that is further along, so that a run cut short by --time_budget_s still
+    ends on the small learning rate."""
     progress = step / max(iters, 1)
     if time_budget_s > 0:
         progress = max(progress, elapsed_s / time_budget_s)
@@ -317,37 +382,48 @@ def decayed_learning_rate(lr: float, lr_final: float, step: int, iters: int, ela
 
 
 class GracefulInterrupt:
-    """Ctrl-C during training asks the loop to stop after the current step, so that the checkpoint written
-    then holds a consistent state (a step is never half-applied) and nothing completed is lost.
+    """Ctrl-C (SIGINT) or SIGTERM during training asks the loop to stop after the current step, so that the
+    checkpoint written then holds a consistent state (a step is never half-applied) and nothing completed is
+    lost. SIGTERM is what a cluster scheduler (Slurm, Kubernetes) or `kill` sends some seconds before killing
+    a job: without a handler Python dies on the spot and the steps since the last regular checkpoint are lost.
 
         with GracefulInterrupt() as interrupt:
             for step in ...:
                 ...one full step...
-                if interrupt.requested: save a checkpoint, then stop
+                if interrupt.requested: save a checkpoint, then stop (exit status interrupt.exit_status)
 
-    A second Ctrl-C raises KeyboardInterrupt at once. Outside the main thread (where Python cannot install
-    signal handlers) it does nothing and Ctrl-C behaves as usual.
+    `signal_name` says what arrived ("Ctrl-C" or "SIGTERM") and `exit_status` is the conventional status to
+    exit with (130 = 128 + SIGINT, 143 = 128 + SIGTERM). A second signal raises KeyboardInterrupt (for SIGTERM
+    its subclass common.errors.Terminated) at once. Outside the main thread (where Python cannot install
+    signal handlers) it does nothing and signals behave as usual.
     """
 
-    def __init__(self, message: str = "Ctrl-C: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)"):
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, message: str = "finishing this step and saving a checkpoint (send it again to stop at once)"):
         self.message = message
         self.requested = False
-        self._previous = None
+        self.signal_name: str | None = None
+        self.exit_status: int | None = None
+        self._previous: dict = {}
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         self.requested = True
-        print("\n" + self.message, flush=True)
+        self.signal_name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        self.exit_status = 128 + signum
+        print(f"\n{self.signal_name}: {self.message}", flush=True)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
         return False
 
 
@@ -392,3 +468,45 @@ def plot_psnr_curve(csv_path, png_path, title: str | None = None) -> Path:
     png_path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(png_path)
     return png_path
+
+
+# ------------------------------------------------------------------------------------------------
+# A run that diverges stops at the step it happens, instead of training on NaN and exiting 0
+# ------------------------------------------------------------------------------------------------
+class NonFiniteError(UserError):
+    """The loss or a gradient became NaN or infinite: training stops (run_main exits 2) at the step it happens,
+    before the optimizer applies it, so the weights and the checkpoints on disk stay finite."""
+
+
+def check_finite(step: int, loss: torch.Tensor, parameters=None, lr: float | None = None, scaler=None) -> None:
+    """Raise NonFiniteError, one line naming the step and the likely causes, if `loss` or the gradient of any
+    of `parameters` holds a NaN or an Inf. Call it after backward() and before optimizer.step().
+
+    The failure it prevents: with too high a learning rate (04_hashnerf --lr 1e6) the loss turns NaN within a
+    few steps; the NaN gradient then makes every weight NaN, after which a NeRF renders only the background,
+    the loss even looks plausible again, and the run ends with exit status 0, a dead model and white renders.
+    Bad data (a NaN pixel or pose) does the same from step 1.
+
+    loss: the scalar loss of the step (the unscaled one when a GradScaler is used).
+    parameters: iterable of tensors whose .grad to check (None: the loss only). With an enabled `scaler`
+        (fp16 mixed precision) the gradients are not checked: inf gradients are then a normal event the scaler
+        handles by skipping the step and lowering its scale; only a non-finite loss is an error.
+    lr: the learning rate of the step, named in the message when given.
+    Cost: one norm per gradient tensor, stacked, and one device-to-host sync for the whole check (not one per
+    tensor). A norm that overflows to Inf (gradients ~1e19 in float32) is reported too: that step would
+    diverge anyway.
+    """
+    checked = [loss.detach().float().reshape(())]
+    if parameters is not None and not (scaler is not None and scaler.is_enabled()):
+        grads = [p.grad.detach() for p in parameters if p.grad is not None]
+        checked += [torch.linalg.vector_norm(g.float()) for g in grads]
+    values = torch.stack([value.to(checked[0].device) for value in checked])  # (1 + number of gradients,)
+    if bool(torch.isfinite(values).all()):  # the one sync
+        return
+    what = f"the loss is {float(values[0])}" if not math.isfinite(float(values[0])) else "a gradient is not finite"
+    lr_text = f" (--lr {lr:g} at this step)" if lr is not None else ""
+    raise NonFiniteError(
+        f"training diverged at step {step}: {what}. Likely causes: a learning rate too high{lr_text}, try a "
+        f"smaller --lr; or NaN/Inf values in the data (images, poses). The step was not applied; the checkpoints "
+        f"already in the run folder are kept"
+    )

@@ -84,17 +84,34 @@ def write_video(path, frames, fps: int = 30) -> Path:
     return path
 
 
-def colorize_depth(depth, near: float, far: float, cmap: str = "turbo"):
+# Pixels whose ray mostly passes through to the background get this flat colour in depth images (white: not a
+# colour of the turbo map, so "nothing here" never reads as "very near").
+DEPTH_BACKGROUND = (1.0, 1.0, 1.0)
+
+
+def colorize_depth(depth, near: float, far: float, opacity=None, cmap: str = "turbo", min_opacity: float = 0.5,
+                   background=DEPTH_BACKGROUND):
     """Colour a depth map with a matplotlib colormap: (depth - near) / (far - near), clipped to [0, 1].
 
-    depth: (H, W) tensor or array; non-finite values (rays that hit nothing) get the colour of `far`.
-    Returns (H, W, 3) float32 in [0, 1], a tensor on depth's device for a tensor input, else a numpy array.
+    depth: (H, W) tensor or array. A renderer's depth is sum_i w_i t_i, which is ~0 where the ray hits nothing
+    (all w_i ~ 0), the same value as "very near". So pass `opacity` (H, W), the rendered sum_i w_i: the map then
+    shows the expected depth of what the ray hits, depth / opacity, and pixels with opacity < min_opacity get the
+    flat `background` colour. Without opacity, depth is coloured as given (non-finite values get the colour of
+    `far`). Returns (H, W, 3) float32 in [0, 1], a tensor on depth's device for a tensor input, else an array.
     """
     import matplotlib  # colormaps need no plotting backend
 
     is_tensor = isinstance(depth, torch.Tensor)
     values = depth.detach().cpu().numpy() if is_tensor else np.asarray(depth)
-    values = np.nan_to_num(values.astype(np.float64), nan=far, posinf=far, neginf=near)
+    values = values.astype(np.float64)
+    hit = np.ones(values.shape, dtype=bool)
+    if opacity is not None:
+        acc = opacity.detach().cpu().numpy() if isinstance(opacity, torch.Tensor) else np.asarray(opacity)
+        acc = acc.astype(np.float64).reshape(values.shape)
+        hit = acc >= min_opacity
+        values = values / np.maximum(acc, DIVISION_EPS)  # expected depth given that the ray stops
+    values = np.nan_to_num(values, nan=far, posinf=far, neginf=near)
     normalised = np.clip((values - near) / max(far - near, DIVISION_EPS), 0.0, 1.0)
     colours = matplotlib.colormaps[cmap](normalised)[..., :3].astype(np.float32)  # drop the colormap's alpha
+    colours[~hit] = np.asarray(background, dtype=np.float32)
     return torch.from_numpy(colours).to(depth.device) if is_tensor else colours

@@ -1,6 +1,6 @@
 """Backends for the hot kernels: the PyTorch twin, the CUDA source through CuPy, or that same source on the CPU.
 
-Every kernel module in this folder has three faces (CONVENTIONS.md, kernels/):
+Every kernel module in this folder has three faces (README, "Backends"):
   * ``torch``    : a readable PyTorch twin, the reference;
   * ``cuda``     : ``kernels/<module>.cu`` compiled at first use by ``cupy.RawModule`` and launched on
                    PyTorch's current CUDA stream, directly on the tensors' memory (no copies);
@@ -19,10 +19,10 @@ import ctypes
 import hashlib
 import os
 import re
+import shlex
 import subprocess
 import tempfile
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -110,20 +110,53 @@ def backend_device_type(backend: str) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # Launching
 # ----------------------------------------------------------------------------------------------------------
+INT32_MAX = 2 ** 31 - 1  # the kernels compute thread and element indices in 32-bit ints
+SYNC_ENV = "NERF_KERNEL_SYNC"  # set to 1: wait for each CUDA launch to finish and report its error there
+
+
 def launch(module: str, kernel: str, n_threads: int, args: tuple, backend: str, block: int = DEFAULT_BLOCK) -> None:
     """Run ``kernel`` of ``kernels/<module>.cu`` with ``n_threads`` threads (a 1-D grid of ``block``-sized blocks).
 
-    Kernels guard themselves with ``if (i >= n) return;``, so the last block may be partly idle.
+    Kernels guard themselves with ``if (i >= n) return;``, so the last block may be partly idle. Sizes that 32-bit
+    indices cannot hold are refused here, with the argument's name, before anything runs.
     """
+    if backend not in ("cuda", "emulated"):
+        raise ValueError(f"launch() runs compiled kernels: backend must be cuda or emulated, got {backend!r}")
+    check_int32_sizes(module, kernel, n_threads, args)
     if n_threads <= 0:
         return
     grid = (n_threads + block - 1) // block
     if backend == "cuda":
         _launch_cupy(module, kernel, grid, block, args)
-    elif backend == "emulated":
-        _launch_emulated(module, kernel, grid, block, args)
     else:
-        raise ValueError(f"launch() runs compiled kernels: backend must be cuda or emulated, got {backend!r}")
+        _launch_emulated(module, kernel, grid, block, args)
+
+
+def kernel_parameters(module: str, kernel: str) -> list[tuple[str, str]]:
+    """The (C type, name) of each parameter of ``kernel`` in kernels/<module>.cu, e.g. ('const float*', 'sigmas')."""
+    for name, parameters in _KERNEL_SIGNATURE.findall(strip_comments(kernel_source(module))):
+        if name == kernel:
+            result = []
+            for parameter in filter(None, (p.strip() for p in parameters.split(","))):
+                parameter_name = re.findall(r"\w+", parameter)[-1]
+                c_type = parameter[:parameter.rindex(parameter_name)].replace("__restrict__", "")
+                result.append((" ".join(c_type.split()).replace(" *", "*"), parameter_name))
+            return result
+    raise ValueError(f"kernels/{module}.cu has no extern \"C\" __global__ function {kernel!r}")
+
+
+def check_int32_sizes(module: str, kernel: str, n_threads: int, args: tuple) -> None:
+    """Refuse launches whose thread count or arrays outgrow the kernels' 32-bit indices (a silent wrap on the GPU)."""
+    where = f"kernels/{module}.cu {kernel}"
+    fix = "split the batch into smaller chunks (e.g. a smaller --chunk or batch) or use --backend torch"
+    if n_threads > INT32_MAX:
+        raise BackendError(f"{where}: {n_threads} threads, more than 32-bit indices hold (2^31 - 1): {fix}")
+    if any(isinstance(arg, torch.Tensor) and arg.numel() > INT32_MAX for arg in args):
+        names = [name for _, name in kernel_parameters(module, kernel)]
+        for name, arg in zip(names, args):
+            if isinstance(arg, torch.Tensor) and arg.numel() > INT32_MAX:
+                raise BackendError(f"{where}: {name} has {arg.numel()} elements, more than 32-bit indices hold "
+                                   f"(2^31 - 1): {fix}")
 
 
 def kernel_source(module: str) -> str:
@@ -135,30 +168,61 @@ def kernel_source(module: str) -> str:
 _cupy_modules: dict[str, object] = {}
 
 
+def cupy_compile_options() -> tuple[str, ...]:
+    """The NVRTC options of our CuPy modules (CuPy adds the target architecture of the current GPU)."""
+    return ("-std=c++17", f"-I{KERNEL_DIR}")
+
+
 def _cupy_module(module: str):
     if module not in _cupy_modules:
         import cupy
 
         # RawModule compiles with NVRTC at first use and caches the binary on disk (~/.cupy/kernel_cache).
-        _cupy_modules[module] = cupy.RawModule(code=kernel_source(module),
-                                               options=("-std=c++17", f"-I{KERNEL_DIR}"))
+        _cupy_modules[module] = cupy.RawModule(code=kernel_source(module), options=cupy_compile_options())
     return _cupy_modules[module]
+
+
+def check_cuda_devices(module: str, kernel: str, devices: list[torch.device], current: int) -> None:
+    """All tensors on one GPU, the current one: a kernel launched on one device cannot read another's memory
+    (an illegal address at some later synchronisation, far from its cause)."""
+    where = f"kernels/{module}.cu {kernel}"
+    if any(device.type != "cuda" for device in devices):
+        raise BackendError(f"{where}: backend cuda needs every tensor on the GPU, got "
+                           f"{', '.join(sorted({str(device) for device in devices}))}")
+    indices = sorted({device.index if device.index is not None else current for device in devices})
+    if len(indices) > 1:
+        raise BackendError(f"{where}: tensors on different GPUs ({', '.join(f'cuda:{i}' for i in indices)}): "
+                           f"move them to one device first")
+    if indices and indices[0] != current:
+        raise BackendError(f"{where}: tensors on cuda:{indices[0]} but the current device is cuda:{current}: "
+                           f"run under `with torch.cuda.device({indices[0]}):`")
 
 
 def _launch_cupy(module: str, kernel: str, grid: int, block: int, args: tuple) -> None:
     import cupy
 
+    tensors = [arg for arg in args if isinstance(arg, torch.Tensor)]
+    check_cuda_devices(module, kernel, [tensor.device for tensor in tensors], torch.cuda.current_device())
     function = _cupy_module(module).get_function(kernel)
     cupy_args = []
     for arg in args:
         if isinstance(arg, torch.Tensor):
-            # Zero-copy view of the tensor's memory through __cuda_array_interface__.
+            # Zero-copy view of the tensor's memory through __cuda_array_interface__ (a null pointer when empty).
             cupy_args.append(cupy.asarray(arg.detach()) if arg.numel() > 0 else np.uint64(0))
         else:
             cupy_args.append(arg)
+    # PyTorch's current stream, so that the kernel runs after the torch ops that produced its inputs.
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
     with stream:
         function((grid,), (block,), tuple(cupy_args))
+    if os.environ.get(SYNC_ENV, "0") not in ("", "0"):
+        # Launches are asynchronous: a fault (an illegal address) is otherwise reported by whichever later call
+        # synchronises. NERF_KERNEL_SYNC=1 waits here, so the error names this kernel (slow: debugging only).
+        try:
+            stream.synchronize()
+        except Exception as error:
+            raise RuntimeError(f"kernels/{module}.cu {kernel} failed on the GPU (grid {grid} x block {block}): "
+                               f"{type(error).__name__}: {error}") from error
 
 
 # --- emulated: the .cu compiled as C++ ----------------------------------------------------------------------
@@ -221,12 +285,25 @@ def emulation_cache_dir() -> Path:
     return Path(root) / "nerf-family-kernels"
 
 
+def emulation_flags() -> list[str]:
+    """g++ flags of the emulation: ours, then the extra ones in ``$NERF_EMULATION_CXXFLAGS`` (e.g. ``-mfma``).
+
+    ``-ffp-contract=off``: never fuse ``a * b + c`` into one fused multiply-add. The twins round the product before
+    the sum (PyTorch evaluates one operation at a time), and so do the kernels on the GPU (``mul_rn`` uses
+    ``__fmul_rn``, which nvcc never fuses); without this flag g++ fuses wherever FMA instructions exist (aarch64,
+    ``-mfma``, ``-march=native`` on a recent x86-64) and the bit-exact comparisons with the twins fail.
+    """
+    extra = shlex.split(os.environ.get("NERF_EMULATION_CXXFLAGS", ""))
+    return ["-x", "c++", "-std=c++17", "-O2", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared",
+            f"-I{KERNEL_DIR}", *extra]
+
+
 def _compile_emulated(module: str) -> Path:
     source = kernel_source(module)
     shim = (KERNEL_DIR / "cuda_emulation.h").read_text()
     headers = "".join(path.read_text() for path in sorted(KERNEL_DIR.glob("*.cuh")))
     unit = (f'#include "cuda_emulation.h"\n#include "{module}.cu"\n' + emulation_launchers(source))
-    flags = ["-x", "c++", "-std=c++17", "-O2", "-fopenmp", "-fPIC", "-shared", f"-I{KERNEL_DIR}"]
+    flags = emulation_flags()
     digest = hashlib.sha256("\0".join([source, shim, headers, unit, *flags]).encode()).hexdigest()[:16]
     cache = emulation_cache_dir()
     library = cache / f"{module}-{digest}.so"
@@ -268,9 +345,3 @@ def _launch_emulated(module: str, kernel: str, grid: int, block: int, args: tupl
     launcher.restype = None
     launcher(*c_args)
 
-
-def warn_once(message: str, _seen: set = set()) -> None:
-    """A fallback to a slower path says so once, never silently (CONVENTIONS.md)."""
-    if message not in _seen:
-        _seen.add(message)
-        warnings.warn(message, stacklevel=3)

@@ -13,9 +13,9 @@ For the samples i of one ray (Eq. 3 and the weights of Eq. 5):
     w_i     = T_i alpha_i
     opacity = sum_i w_i,   color = sum_i w_i c_i,   depth = sum_i w_i (t_start_i + t_end_i) / 2
 
-Three faces (CONVENTIONS.md, kernels/): :func:`composite_torch` is the readable twin (autograd gives its backward);
-``kernels/compositing.cu`` holds the forward kernel and a closed-form backward kernel (derived in its comments);
-:func:`composite` picks one by ``backend``.
+Three faces, as in every module of kernels/ (README, "Backends"): :func:`composite_torch` is the readable twin
+(autograd gives its backward); ``kernels/compositing.cu`` holds the forward kernel and a closed-form backward kernel
+(derived in its comments); :func:`composite` picks one by ``backend``.
 """
 from __future__ import annotations
 

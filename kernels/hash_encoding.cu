@@ -19,7 +19,7 @@
 
 // Products are rounded before they are added (no fused multiply-add), exactly as the PyTorch twin computes
 // them, so that floor(pos) agrees bit for bit even when pos lands on a vertex. nvcc would otherwise fuse
-// `x * scale + 0.5f` into one fma; g++ on x86-64 does not fuse without -mfma.
+// `x * scale + 0.5f` into one fma; the emulation is built with g++ -ffp-contract=off, which never fuses.
 __device__ inline float mul_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
     return __fmul_rn(a, b);

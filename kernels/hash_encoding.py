@@ -16,11 +16,11 @@ the spatial hash of Eq. 4, ``(x*1) XOR (y*2654435761) XOR (z*805459861) mod T`` 
 8 feature vectors are blended trilinearly; the L results are concatenated into an (N, L*F) encoding laid out
 ``[point][level][feature]``.
 
-Three faces (CONVENTIONS.md, kernels/): :func:`hash_encode_torch` is the readable twin (pure torch ops, so
-twice differentiable: the SDF script needs d(encoding)/dx inside its loss); ``kernels/hash_encoding.cu`` has the
-forward and a first-order backward (table gradient with atomicAdd, position gradient written per level and summed
-here); :func:`hash_encode` picks one by ``backend``. The notebook 04_hashnerf builds the encoding step by step in
-its "Hash encoding" cell.
+Three faces, as in every module of kernels/ (README, "Backends"): :func:`hash_encode_torch` is the readable twin
+(pure torch ops, so twice differentiable: the SDF script needs d(encoding)/dx inside its loss);
+``kernels/hash_encoding.cu`` has the forward and a first-order backward (table gradient with atomicAdd, position
+gradient written per level and summed here); :func:`hash_encode` picks one by ``backend``. The notebook 04_hashnerf
+builds the encoding step by step in its "Hash encoding" cell.
 """
 from __future__ import annotations
 

@@ -7,13 +7,12 @@
 // Cell (x, y, z) has index x + y*G + z*G^2 (x fastest); its occupancy is bit (index & 7) of byte (index >> 3)
 // of the bitfield, a (G^3 / 8,) uint8 array (Instant-NGP keeps the same one bit per cell).
 //
-// The samples of a ray lie on a lattice in "step coordinates" s = g(t), g(t) = integral dt / step(t):
-//   fixed steps (cone_angle = 0):  step = dt,                          t_k = t0 + (k + u) * dt
-//   exponential (cone_angle > 0):  step = clamp(cone_angle * t, dt, dt_max) (Appendix E.1: steps grow with
-//                                  the distance, like the footprint of a pixel),  t_k = g^-1(g(t0) + k + u)
-// with u in [0, 1) the ray's jitter. Sample k is the interval [t_k, t_{k+1}]; it exists while t_{k+1} <= t_end
-// and is kept when the cell containing its midpoint is occupied. The lattice is a function of k alone, so the
-// kernel may jump over empty space and still land on exactly the points the twin enumerates one by one.
+// The samples of a ray lie on a lattice of fixed steps dt: t_k = t0 + (k + u) * dt, with u in [0, 1) the ray's
+// jitter. Sample k is the interval [t_k, t_{k+1}]; it exists while t_{k+1} <= t_end and is kept when the cell
+// containing its midpoint is occupied. (Instant-NGP also grows the step with the distance for large scenes,
+// Appendix E.1; the synthetic scenes of 04_hashnerf.py use fixed steps, and so does this marcher.) The lattice
+// is a function of k alone, so the kernel may jump over empty space and still land on exactly the points the
+// twin enumerates one by one.
 
 // NVRTC (CuPy) compiles without the C headers that define INFINITY; nvcc and g++ (through <cmath>) have it.
 #ifndef INFINITY
@@ -21,8 +20,8 @@
 #endif
 
 // Products are rounded before they are added (no fused multiply-add), as the PyTorch twin computes them, so that
-// fixed-step samples agree bit for bit. nvcc would otherwise fuse `t0 + (k + u) * dt` into one fma; g++ on
-// x86-64 does not fuse without -mfma.
+// the samples agree bit for bit. nvcc would otherwise fuse `t0 + (k + u) * dt` into one fma; the emulation is
+// built with g++ -ffp-contract=off (kernels/backend.py), which never fuses.
 __device__ inline float mul_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
     return __fmul_rn(a, b);
@@ -31,32 +30,9 @@ __device__ inline float mul_rn(float a, float b) {
 #endif
 }
 
-// The step settings of one march, with the constants of g precomputed in Python (float64, rounded once):
-//   t_a = dt / cone_angle      where the exponential region starts (step = dt before)
-//   t_b = dt_max / cone_angle  where it ends (step = dt_max after; +inf when dt_max is)
-//   g_a = g(t_a) = 1 / cone_angle,   g_b = g(t_b) = (1 + ln(dt_max / dt)) / cone_angle
-struct StepSettings {
-    float dt, cone_angle, dt_max, t_a, t_b, g_a, g_b;
-};
-
-// g(t), the number of steps from 0 to t (piecewise: linear, logarithmic, linear).
-__device__ inline float step_coordinate(float t, const StepSettings& s) {
-    if (t < s.t_a) return t / s.dt;
-    if (t < s.t_b) return (1.0f + logf(t / s.t_a)) / s.cone_angle;
-    return s.g_b + (t - s.t_b) / s.dt_max;
-}
-
-// g^-1(q): the distance after q steps.
-__device__ inline float step_coordinate_inverse(float q, const StepSettings& s) {
-    if (q < s.g_a) return mul_rn(q, s.dt);
-    if (q < s.g_b) return mul_rn(s.t_a, expf(mul_rn(s.cone_angle, q) - 1.0f));
-    return s.t_b + mul_rn(q - s.g_b, s.dt_max);
-}
-
-// t_k, lattice point k of a ray that enters at t0 (g0 = g(t0)) with jitter u.
-__device__ inline float lattice_t(long long k, float t0, float g0, float u, const StepSettings& s) {
-    if (s.cone_angle <= 0.0f) return t0 + mul_rn((float)k + u, s.dt);
-    return step_coordinate_inverse(g0 + ((float)k + u), s);
+// t_k, lattice point k of a ray that enters at t0 with jitter u.
+__device__ inline float lattice_t(long long k, float t0, float u, float dt) {
+    return t0 + mul_rn((float)k + u, dt);
 }
 
 // Slab test: [t_min, t_max] of the ray inside the box. A zero direction component gives +-inf (or NaN when
@@ -114,20 +90,19 @@ __device__ inline float cell_exit_t(const float* o, const float* d, const int* c
 // Returns the number of samples (at most max_samples).
 __device__ inline int march_ray(const float* o, const float* d, float u, const float* aabb,
                                 const unsigned char* bitfield, int grid_res, float near, float far,
-                                const StepSettings& s, int max_samples, bool write, int first,
+                                float dt, int max_samples, bool write, int first,
                                 float* t_starts, float* t_ends) {
     float t_min, t_max;
     ray_aabb_intersect(o, d, aabb, &t_min, &t_max);
     const float t0 = fmaxf(t_min, near);     // enter the box, not before near
     const float t_end = fminf(t_max, far);   // leave it, not after far
     if (!(t0 < t_end)) return 0;             // misses the box (or NaN)
-    const float g0 = s.cone_angle > 0.0f ? step_coordinate(t0, s) : 0.0f;
 
     int count = 0;
     long long k = 0;
     while (count < max_samples) {
-        const float t_start = lattice_t(k, t0, g0, u, s);
-        const float t_stop = lattice_t(k + 1, t0, g0, u, s);
+        const float t_start = lattice_t(k, t0, u, dt);
+        const float t_stop = lattice_t(k + 1, t0, u, dt);
         if (!(t_stop <= t_end)) break;  // the interval would leave [t0, t_end]
         const float t_mid = (t_start + t_stop) * 0.5f;
         int cell[3];
@@ -142,11 +117,11 @@ __device__ inline int march_ray(const float* o, const float* d, float u, const f
             continue;
         }
         // Empty cell: every midpoint before t_exit is in this cell too (a cell is convex). Sample j's midpoint
-        // is before t_{j+1}, and t_{j+1} <= t_exit  <=>  j <= g(t_exit) - g0 - u - 1 =: x. Jump to floor(x):
+        // is before t_{j+1}, and t_{j+1} <= t_exit  <=>  j <= (t_exit - t0) / dt - u - 1 =: x. Jump to floor(x):
         // the points skipped, j <= floor(x) - 1, end a whole step before t_exit; floor(x) itself is checked.
         const float t_exit = cell_exit_t(o, d, cell, aabb, grid_res);
         if (!(t_exit < t_end)) break;  // the rest of the ray stays in this empty cell
-        const float steps_to_exit = s.cone_angle > 0.0f ? step_coordinate(t_exit, s) - g0 : (t_exit - t0) / s.dt;
+        const float steps_to_exit = (t_exit - t0) / dt;
         const float x = steps_to_exit - u - 1.0f;
         k = (long long)floorf(fmaxf(x, (float)(k + 1)));  // at least one step forward (fmaxf also drops a NaN)
     }
@@ -158,13 +133,11 @@ __device__ inline int march_ray(const float* o, const float* d, float u, const f
 extern "C" __global__ void march_rays_count(
     const float* __restrict__ rays_o, const float* __restrict__ rays_d, const float* __restrict__ offsets,
     const float* __restrict__ aabb, const unsigned char* __restrict__ bitfield, int grid_res,
-    float near, float far, float dt, float cone_angle, float dt_max, float t_a, float t_b, float g_a, float g_b,
-    int max_samples, int n_rays, int* __restrict__ ray_counts) {
+    float near, float far, float dt, int max_samples, int n_rays, int* __restrict__ ray_counts) {
     const int ray = blockIdx.x * blockDim.x + threadIdx.x;
     if (ray >= n_rays) return;
-    const StepSettings s = {dt, cone_angle, dt_max, t_a, t_b, g_a, g_b};
     ray_counts[ray] = march_ray(rays_o + ray * 3, rays_d + ray * 3, offsets[ray], aabb, bitfield, grid_res,
-                                near, far, s, max_samples, false, 0, nullptr, nullptr);
+                                near, far, dt, max_samples, false, 0, nullptr, nullptr);
 }
 
 // Pass 2: the same march, writing ray r's samples to t_starts/t_ends[ray_starts[r] ...] (ray_starts = exclusive
@@ -172,13 +145,11 @@ extern "C" __global__ void march_rays_count(
 extern "C" __global__ void march_rays_write(
     const float* __restrict__ rays_o, const float* __restrict__ rays_d, const float* __restrict__ offsets,
     const float* __restrict__ aabb, const unsigned char* __restrict__ bitfield, int grid_res,
-    float near, float far, float dt, float cone_angle, float dt_max, float t_a, float t_b, float g_a, float g_b,
-    int max_samples, int n_rays, const int* __restrict__ ray_starts,
+    float near, float far, float dt, int max_samples, int n_rays, const int* __restrict__ ray_starts,
     float* __restrict__ t_starts, float* __restrict__ t_ends) {
     const int ray = blockIdx.x * blockDim.x + threadIdx.x;
     if (ray >= n_rays) return;
-    const StepSettings s = {dt, cone_angle, dt_max, t_a, t_b, g_a, g_b};
-    march_ray(rays_o + ray * 3, rays_d + ray * 3, offsets[ray], aabb, bitfield, grid_res, near, far, s,
+    march_ray(rays_o + ray * 3, rays_d + ray * 3, offsets[ray], aabb, bitfield, grid_res, near, far, dt,
               max_samples, true, ray_starts[ray], t_starts, t_ends);
 }
 

@@ -7,26 +7,22 @@ Instead of a fixed number of samples per ray, Instant-NGP marches each ray throu
 cells of the scene box where the density is not negligible, and keeps only the samples that fall in occupied
 cells: most rays then need a few dozen network evaluations instead of hundreds.
 
-The samples of a ray lie on a lattice in "step coordinates" s = g(t), with g(t) = integral_0^t dt' / step(t'):
-
-    fixed steps     (cone_angle = 0): step = dt,                               t_k = t0 + (k + u) * dt
-    exponential     (cone_angle > 0): step = clamp(cone_angle * t, dt, dt_max), t_k = g^-1(g(t0) + k + u)
-
-(Appendix E.1: with exponential stepping the steps grow with the distance like the footprint of a pixel; g is
-linear, then logarithmic, then linear again.) u in [0, 1) is the ray's jitter, passed in so that every backend
-draws the same samples. Sample k is the interval [t_k, t_{k+1}]; it exists while t_{k+1} <= t_end and is kept when
-the cell containing its midpoint is occupied; a ray keeps at most ``max_samples``. [t0, t_end] is the ray's
-segment inside the box, clipped to [near, far]. The lattice is a function of k alone, so the CUDA kernel may jump
-over empty cells and still land exactly on the points that the twin enumerates.
+The samples of a ray lie on a lattice of fixed steps dt: ``t_k = t0 + (k + u) * dt``, u in [0, 1) the ray's
+jitter, passed in so that every backend draws the same samples. Sample k is the interval [t_k, t_{k+1}]; it exists
+while t_{k+1} <= t_end and is kept when the cell containing its midpoint is occupied; a ray keeps at most
+``max_samples``. [t0, t_end] is the ray's segment inside the box, clipped to [near, far]. The lattice is a function
+of k alone, so the CUDA kernel may jump over empty cells and still land exactly on the points that the twin
+enumerates. (Instant-NGP grows the step with the distance for large scenes, Appendix E.1; the synthetic scenes of
+04_hashnerf.py use fixed steps, the only kind here.)
 
 Output (nerfacc's packed layout): ``ray_starts, ray_counts (R,) int32, t_starts, t_ends (N,) float32``; the
 samples of ray r are ``[ray_starts[r], ray_starts[r] + ray_counts[r])``, front to back.
 
-Three faces (CONVENTIONS.md, kernels/): :func:`march_rays_torch` is the readable twin (vectorised over all lattice
-points of all rays); ``kernels/ray_marching.cu`` marches one ray per thread and skips empty cells; :func:`march_rays`
-picks one by ``backend``. :class:`OccupancyGrid` maintains the bitfield (Appendix E.2), with the kernels
-``occupancy_update`` and ``pack_bitfield`` and their twins. The notebook 04_hashnerf draws a grid and the samples of
-a few rays in its "Occupancy grid" cell.
+Three faces, as in every module of kernels/ (README, "Backends"): :func:`march_rays_torch` is the readable twin
+(vectorised over all lattice points of all rays); ``kernels/ray_marching.cu`` marches one ray per thread and skips
+empty cells; :func:`march_rays` picks one by ``backend``. :class:`OccupancyGrid` maintains the bitfield (Appendix
+E.2), with the kernels ``occupancy_update`` and ``pack_bitfield`` and their twins. The notebook 04_hashnerf draws a
+grid and the samples of a few rays in its "Occupancy grid" cell.
 """
 from __future__ import annotations
 
@@ -43,43 +39,9 @@ MODULE = "ray_marching"  # kernels/ray_marching.cu
 TWIN_CHUNK_ELEMENTS = 1 << 22  # the twin handles R * K_max lattice points in chunks of rays of about this size
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Step coordinates (Appendix E.1)
-# ----------------------------------------------------------------------------------------------------------
-def step_constants(dt: float, cone_angle: float, dt_max: float | None) -> tuple[float, float, float, float, float]:
-    """Constants of g, computed in float64 and rounded once to float32 so that every backend uses the same.
-
-    Returns (dt_max, t_a, t_b, g_a, g_b): t_a = dt / cone_angle where the exponential region begins,
-    t_b = dt_max / cone_angle where it ends, g_a = g(t_a) = 1 / cone_angle, g_b = g(t_b) = (1 + ln(dt_max / dt)) / c.
-    With cone_angle = 0 only dt is used (the others are returned as inf). dt_max None means no upper clamp (inf).
-    """
-    dt_max = math.inf if dt_max is None else float(dt_max)
-    if cone_angle <= 0:
-        return tuple(float(np.float32(v)) for v in (dt_max, math.inf, math.inf, math.inf, math.inf))
-    t_a, g_a = dt / cone_angle, 1.0 / cone_angle
-    t_b = dt_max / cone_angle
-    g_b = (1.0 + math.log(dt_max / dt)) / cone_angle if math.isfinite(dt_max) else math.inf
-    return tuple(float(np.float32(v)) for v in (dt_max, t_a, t_b, g_a, g_b))
-
-
 def _f32(value: float, device) -> torch.Tensor:
     """A () float32 tensor: the twin's scalars round exactly as the kernel's float arguments do."""
     return torch.tensor(value, dtype=torch.float32, device=device)
-
-
-def step_coordinate(t: torch.Tensor, dt, cone_angle, t_a, t_b, g_b, dt_max) -> torch.Tensor:
-    """g(t) for exponential stepping: t/dt before t_a, (1 + ln(t/t_a))/cone_angle until t_b, then linear again.
-
-    t: (...) float32; the constants: () float32 tensors. Same formulas as step_coordinate() in the .cu.
-    """
-    return torch.where(t < t_a, t / dt,
-                       torch.where(t < t_b, (1.0 + torch.log(t / t_a)) / cone_angle, g_b + (t - t_b) / dt_max))
-
-
-def step_coordinate_inverse(q: torch.Tensor, dt, cone_angle, t_a, t_b, g_a, g_b, dt_max) -> torch.Tensor:
-    """g^-1(q): the distance after q steps. Same formulas as step_coordinate_inverse() in the .cu."""
-    return torch.where(q < g_a, q * dt,
-                       torch.where(q < g_b, t_a * torch.exp(cone_angle * q - 1.0), t_b + (q - g_b) * dt_max))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -116,8 +78,8 @@ def bitfield_lookup(bitfield: torch.Tensor, cell_indices: torch.Tensor) -> torch
 
 
 def march_rays_torch(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Tensor, bitfield: torch.Tensor,
-                     grid_res: int, *, near: float, far: float, dt: float, cone_angle: float = 0.0,
-                     dt_max: float | None = None, max_samples: int = 1024, offsets: torch.Tensor | None = None):
+                     grid_res: int, *, near: float, far: float, dt: float, max_samples: int = 1024,
+                     offsets: torch.Tensor | None = None):
     """Reference ray marching: every lattice point of every ray, tested against the grid, no skipping.
 
     Arguments and outputs as in :func:`march_rays`. Vectorised over (rays, lattice points), in chunks of rays so
@@ -131,16 +93,8 @@ def march_rays_torch(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Ten
     t_end = torch.fmin(t_max, _f32(far, device))  # (R,) leave it, not after far
     hits = t0 < t_end  # (R,)
 
-    dt_max, t_a, t_b, g_a, g_b = step_constants(dt, cone_angle, dt_max)
-    dt_, cone_, dt_max_, t_a_, t_b_, g_a_, g_b_ = (_f32(v, device)
-                                                   for v in (dt, cone_angle, dt_max, t_a, t_b, g_a, g_b))
-    exponential = cone_angle > 0
-    if exponential:
-        g0 = step_coordinate(t0, dt_, cone_, t_a_, t_b_, g_b_, dt_max_)  # (R,) g(t0)
-        steps_inside = step_coordinate(t_end, dt_, cone_, t_a_, t_b_, g_b_, dt_max_) - g0  # (R,) g(t_end) - g(t0)
-    else:
-        g0 = torch.zeros_like(t0)
-        steps_inside = (t_end - t0) / dt_  # (R,)
+    dt_ = _f32(dt, device)  # the kernel's float dt
+    steps_inside = (t_end - t0) / dt_  # (R,)
     # Lattice points per ray: t_{k+1} <= t_end needs k + 1 + u <= steps_inside; +2 covers float rounding.
     steps_inside = torch.where(hits, steps_inside, torch.zeros_like(steps_inside))
     # (float)k is exact below 2^24, no sensible march gets near it; the clamp only guards degenerate rays (d = 0).
@@ -151,11 +105,7 @@ def march_rays_torch(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Ten
     for first in range(0, n_rays, chunk):
         rays = slice(first, first + chunk)
         u = offsets[rays, None]  # (r, 1)
-        if exponential:
-            t_lattice = step_coordinate_inverse(g0[rays, None] + (k + u), dt_, cone_, t_a_, t_b_, g_a_, g_b_,
-                                                dt_max_)  # (r, K+1)
-        else:
-            t_lattice = t0[rays, None] + (k + u) * dt_  # (r, K+1) t_k = t0 + (k + u) dt
+        t_lattice = t0[rays, None] + (k + u) * dt_  # (r, K+1) t_k = t0 + (k + u) dt
         starts, stops = t_lattice[:, :-1], t_lattice[:, 1:]  # (r, K) sample k = [t_k, t_{k+1}]
         inside = (stops <= t_end[rays, None]) & hits[rays, None]  # (r, K)
         t_mid = (starts + stops) * 0.5  # (r, K)
@@ -178,9 +128,8 @@ def march_rays_torch(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Ten
 # Public entry: the twin or the CUDA source
 # ----------------------------------------------------------------------------------------------------------
 def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Tensor, bitfield: torch.Tensor,
-               grid_res: int, *, near: float, far: float, dt: float, cone_angle: float = 0.0,
-               dt_max: float | None = None, max_samples: int = 1024, offsets: torch.Tensor | None = None,
-               backend: str = "torch"):
+               grid_res: int, *, near: float, far: float, dt: float, max_samples: int = 1024,
+               offsets: torch.Tensor | None = None, backend: str = "torch"):
     """March rays through an occupancy grid (Instant-NGP Sec. 5.4, Appendix E) and pack the samples kept.
 
     Args:
@@ -190,11 +139,7 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Tensor, b
             index x + y*G + z*G^2 (see :class:`OccupancyGrid`).
         grid_res: G, cells per axis (even, so that G^3 is a multiple of 8).
         near, far: the ray's segment inside the box is clipped to [near, far].
-        dt: the step for cone_angle = 0; the smallest step for cone_angle > 0 (Instant-NGP: sqrt(3) / 1024 of the
-            unit box).
-        cone_angle: 0 for fixed steps; > 0 for exponential stepping, step = clamp(cone_angle * t, dt, dt_max)
-            (Instant-NGP: 1/256 for large scenes, 0 for the synthetic ones).
-        dt_max: the largest step (None: no upper clamp); must be >= dt.
+        dt: the fixed marching step (Instant-NGP: sqrt(3) / 1024 of the unit box for the synthetic scenes).
         max_samples: the most samples a ray keeps (its first ones, front to back).
         offsets: (R,) float32 jitter u in [0, 1) (e.g. torch.rand(R, generator=g) while training); None = 0.
         backend: "torch" (the twin), "cuda" (kernels/ray_marching.cu through CuPy, tensors on the GPU) or
@@ -203,9 +148,8 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Tensor, b
     Returns:
         ray_starts: (R,) int32; ray_counts: (R,) int32; t_starts, t_ends: (N,) float32, N = ray_counts.sum().
         The samples of each ray are sorted, do not overlap, lie inside the box and [near, far], and have their
-        midpoints in occupied cells. Fixed steps give identical samples on every backend; exponential steps may
-        differ in rare points whose midpoint is within a float rounding of a cell face or of t_end (expf/logf are
-        not correctly rounded on every platform).
+        midpoints in occupied cells. Every backend gives identical samples (the same float32 formulas, no
+        fused multiply-add).
     """
     if rays_o.dim() != 2 or rays_o.shape[-1] != 3 or rays_d.shape != rays_o.shape:
         raise ValueError(f"expected rays_o and rays_d (R, 3), got {tuple(rays_o.shape)} and {tuple(rays_d.shape)}")
@@ -214,8 +158,8 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Tensor, b
     if grid_res < 2 or grid_res ** 3 % 8 or bitfield.shape != (grid_res ** 3 // 8,):
         raise ValueError(f"bitfield must be ({grid_res}^3 / 8,) uint8 for an even grid_res, got "
                          f"{tuple(bitfield.shape)} with grid_res={grid_res}")
-    if not dt > 0 or cone_angle < 0 or (dt_max is not None and dt_max < dt):
-        raise ValueError(f"need dt > 0, cone_angle >= 0 and dt_max >= dt, got {dt}, {cone_angle}, {dt_max}")
+    if not dt > 0:
+        raise ValueError(f"need a marching step dt > 0, got {dt}")
     n_rays = rays_o.shape[0]
     if offsets is not None and offsets.shape != (n_rays,):
         raise ValueError(f"offsets must be ({n_rays},), got {tuple(offsets.shape)}")
@@ -223,7 +167,7 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Tensor, b
     if backend == "torch":
         with torch.no_grad():
             return march_rays_torch(rays_o, rays_d, aabb, bitfield, grid_res, near=near, far=far, dt=dt,
-                                    cone_angle=cone_angle, dt_max=dt_max, max_samples=max_samples, offsets=offsets)
+                                    max_samples=max_samples, offsets=offsets)
     if backend not in kernel_backend.BACKENDS:
         raise kernel_backend.BackendError(
             f"unknown backend {backend!r}: choose one of {', '.join(kernel_backend.BACKENDS)}")
@@ -236,10 +180,8 @@ def march_rays(rays_o: torch.Tensor, rays_d: torch.Tensor, aabb: torch.Tensor, b
         kernel_backend.check_tensor(name, tensor, torch.float32, device_type)
     kernel_backend.check_tensor("bitfield", bitfield, torch.uint8, device_type)
 
-    dt_max, t_a, t_b, g_a, g_b = step_constants(dt, cone_angle, dt_max)
-    settings = (np.int32(grid_res), np.float32(near), np.float32(far), np.float32(dt), np.float32(cone_angle),
-                np.float32(dt_max), np.float32(t_a), np.float32(t_b), np.float32(g_a), np.float32(g_b),
-                np.int32(max_samples), np.int32(n_rays))
+    settings = (np.int32(grid_res), np.float32(near), np.float32(far), np.float32(dt), np.int32(max_samples),
+                np.int32(n_rays))
     ray_counts = torch.zeros(n_rays, dtype=torch.int32, device=rays_o.device)  # (R,)
     kernel_backend.launch(MODULE, "march_rays_count", n_rays,
                           (rays_o, rays_d, offsets, aabb, bitfield, *settings, ray_counts), backend)
@@ -268,25 +210,93 @@ def occupancy_update_torch(density: torch.Tensor, cell_indices: torch.Tensor, ne
 
 
 def pack_bitfield_torch(density: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Twin of the kernel ``pack_bitfield``: bit b of byte k = density[8k + b] > threshold. (G^3,) -> (G^3/8,) uint8."""
+    """Twin of the kernel ``pack_bitfield``: bit b of byte k = density[8k + b] > threshold. (G^3,) -> (G^3/8,) uint8.
+
+    Strictly greater: a cell whose value equals the threshold is empty, in both faces.
+    """
     bits = (density.view(-1, 8) > _f32(threshold, density.device)).to(torch.int64)  # (G^3/8, 8)
     weights = 2 ** torch.arange(8, device=density.device)  # (8,) bit b has value 2^b
     return (bits * weights).sum(dim=1).to(torch.uint8)  # (G^3/8,)
 
 
+def occupancy_update(density: torch.Tensor, cell_indices: torch.Tensor, new_density: torch.Tensor, decay: float,
+                     backend: str = "torch") -> torch.Tensor:
+    """density[c] = max(density[c] * decay, new) on the distinct cells c (Instant-NGP Appendix E.2).
+
+    Args:
+        density: (G^3,) float32, the decayed maximum per cell (left unchanged: the result is a new tensor).
+        cell_indices: (M,) int64 distinct cell indices (a repeated cell would be two threads writing one address).
+        new_density: (M,) float32, the new value of each chosen cell.
+        decay: the factor applied to a chosen cell's old value before the max.
+        backend: "torch" (:func:`occupancy_update_torch`), "cuda" or "emulated" (the kernel ``occupancy_update``).
+    Returns:
+        (G^3,) float32, the updated copy.
+    """
+    if cell_indices.shape != new_density.shape or cell_indices.dim() != 1:
+        raise ValueError(f"cell_indices and new_density must both be (M,), got {tuple(cell_indices.shape)} and "
+                         f"{tuple(new_density.shape)}")
+    if backend == "torch":
+        return occupancy_update_torch(density, cell_indices, new_density, decay)
+    _check_backend_name(backend)
+    device_type = kernel_backend.backend_device_type(backend)
+    updated = density.contiguous().clone()  # (G^3,) the kernel updates it in place
+    cell_indices, new_density = cell_indices.contiguous(), new_density.contiguous()
+    kernel_backend.check_tensor("density", updated, torch.float32, device_type)
+    kernel_backend.check_tensor("cell_indices", cell_indices, torch.int64, device_type)
+    kernel_backend.check_tensor("new_density", new_density, torch.float32, device_type)
+    n_cells = cell_indices.numel()
+    kernel_backend.launch(MODULE, "occupancy_update", n_cells,
+                          (updated, cell_indices, new_density, np.float32(decay), np.int32(n_cells)), backend)
+    return updated
+
+
+def pack_bitfield(density: torch.Tensor, threshold: float, backend: str = "torch") -> torch.Tensor:
+    """Occupancy bits: bit b of byte k is density[8k + b] > threshold (strictly), cell index x + y*G + z*G^2.
+
+    density: (G^3,) float32 with G^3 a multiple of 8. Returns the bitfield (G^3/8,) uint8. backend: "torch"
+    (:func:`pack_bitfield_torch`), "cuda" or "emulated" (the kernel ``pack_bitfield``, one thread per byte).
+    """
+    if density.dim() != 1 or density.numel() % 8:
+        raise ValueError(f"density must be (G^3,) with G^3 a multiple of 8, got {tuple(density.shape)}")
+    if backend == "torch":
+        return pack_bitfield_torch(density, threshold)
+    _check_backend_name(backend)
+    device_type = kernel_backend.backend_device_type(backend)
+    density = density.contiguous()
+    kernel_backend.check_tensor("density", density, torch.float32, device_type)
+    n_bytes = density.numel() // 8
+    bitfield = torch.empty(n_bytes, dtype=torch.uint8, device=density.device)  # (G^3/8,)
+    kernel_backend.launch(MODULE, "pack_bitfield", n_bytes,
+                          (density, np.float32(threshold), np.int32(n_bytes), bitfield), backend)
+    return bitfield
+
+
+def _check_backend_name(backend: str) -> None:
+    if backend not in kernel_backend.BACKENDS:
+        raise kernel_backend.BackendError(
+            f"unknown backend {backend!r}: choose one of {', '.join(kernel_backend.BACKENDS)}")
+
+
 class OccupancyGrid(torch.nn.Module):
-    """The occupancy grid of Instant-NGP (Appendix E.2): a decayed maximum of the density per cell, and its bitfield.
+    """The occupancy grid of Instant-NGP (Appendix E.2): a decayed running maximum per cell, and its bitfield.
+
+    What the grid stores is whatever the caller's ``density_fn`` returns at a random point of each chosen cell
+    (:meth:`update`); the class makes no assumption about its units. 04_hashnerf.py passes sigma * dt, the optical
+    thickness of one marching step, as Instant-NGP does (its grid stores the network's density times its smallest
+    step, sqrt(3) / 1024 on the finest cascade, and thresholds that at NERF_MIN_OPTICAL_THICKNESS = 0.01, or at the
+    grid's mean when lower). The default threshold 0.01 is Instant-NGP's, for that quantity.
 
     Args:
         aabb: (2, 3) scene box [min, max].
         resolution: G cells per axis (Instant-NGP: 128), even.
-        decay: the density of a re-evaluated cell decays by this factor before the max (Instant-NGP: 0.95).
-        threshold: a cell is occupied when its density exceeds min(threshold, mean density). Instant-NGP uses
-            0.01 * 1024 / sqrt(3), an optical thickness of 0.01 over its smallest step sqrt(3) / 1024; nerfacc's
-            default 0.01 is the one here. Taking the min with the mean keeps a dim early scene from vanishing.
+        decay: the stored value of a re-evaluated cell decays by this factor before the max (Instant-NGP: 0.95).
+        threshold: a cell is occupied when its stored value exceeds min(threshold, mean over all cells); taking
+            the min with the mean keeps a dim early scene from vanishing.
 
-    Buffers: ``aabb`` (2, 3), ``density`` (G^3,) float32, ``bitfield`` (G^3/8,) uint8 (all cells occupied at the
-    start, so that the first iterations sample everywhere: :meth:`mark_all_occupied`).
+    Buffers: ``aabb`` (2, 3), ``density`` (G^3,) float32 (the stored values, named as in Instant-NGP), ``bitfield``
+    (G^3/8,) uint8 (all cells occupied at the start, so that the first iterations sample everywhere:
+    :meth:`mark_all_occupied`). The per-cell operations are the module's :func:`occupancy_update` and
+    :func:`pack_bitfield`.
     """
 
     def __init__(self, aabb: torch.Tensor, resolution: int = 128, decay: float = 0.95, threshold: float = 0.01):
@@ -351,36 +361,19 @@ class OccupancyGrid(torch.nn.Module):
         """One grid update (Instant-NGP Appendix E.2; call it every 16 training steps).
 
         1. choose cells (all of them during warm-up, Instant-NGP's first 256 steps; then see :meth:`choose_cells`);
-        2. evaluate density_fn at a random point in each (points (M, 3) world -> densities (M,) or (M, 1));
-        3. density = max(density * decay, new density) on those cells (kernel ``occupancy_update``);
-        4. threshold = min(self.threshold, mean density over all cells);
-        5. bitfield = density > threshold, 8 cells per byte (kernel ``pack_bitfield``).
+        2. evaluate density_fn at a random point in each (points (M, 3) world -> values (M,) or (M, 1));
+        3. density = max(density * decay, new value) on those cells (:func:`occupancy_update`);
+        4. threshold = min(self.threshold, mean over all cells);
+        5. bitfield = density > threshold, 8 cells per byte (:func:`pack_bitfield`).
         """
         cells = self.choose_cells(n_cells, generator, warmup)  # (M,)
         points = self.cell_points(cells, generator)  # (M, 3)
         new_density = torch.cat([density_fn(points[i:i + chunk]).reshape(-1) for i in range(0, len(points), chunk)]
                                 or [points.new_zeros(0)]).to(torch.float32)  # (M,)
-        if backend == "torch":
-            self.density.copy_(occupancy_update_torch(self.density, cells, new_density, self.decay))
-        else:
-            device_type = kernel_backend.backend_device_type(backend)
-            new_density = new_density.contiguous()
-            kernel_backend.check_tensor("density", self.density, torch.float32, device_type)
-            kernel_backend.check_tensor("new_density", new_density, torch.float32, device_type)
-            kernel_backend.launch(MODULE, "occupancy_update", cells.numel(),
-                                  (self.density, cells.contiguous(), new_density, np.float32(self.decay),
-                                   np.int32(cells.numel())), backend)
+        self.density.copy_(occupancy_update(self.density, cells, new_density, self.decay, backend))
         threshold = min(self.threshold, float(self.density.mean().item()))
         self.pack(threshold, backend)
 
     def pack(self, threshold: float, backend: str = "torch") -> None:
-        """bitfield = density > threshold, bit b of byte k for cell 8k + b (kernel ``pack_bitfield``)."""
-        if backend == "torch":
-            self.bitfield.copy_(pack_bitfield_torch(self.density, threshold))
-            return
-        device_type = kernel_backend.backend_device_type(backend)
-        kernel_backend.check_tensor("density", self.density, torch.float32, device_type)
-        kernel_backend.check_tensor("bitfield", self.bitfield, torch.uint8, device_type)
-        n_bytes = self.bitfield.numel()
-        kernel_backend.launch(MODULE, "pack_bitfield", n_bytes,
-                              (self.density, np.float32(threshold), np.int32(n_bytes), self.bitfield), backend)
+        """bitfield = density > threshold, bit b of byte k for cell 8k + b (:func:`pack_bitfield`)."""
+        self.bitfield.copy_(pack_bitfield(self.density, threshold, backend))

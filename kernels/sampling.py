@@ -11,9 +11,10 @@ The coarse network's weights w_j (Eq. 5) along a ray, normalised, form a piecewi
 The samples are constants: NeRF does not back-propagate through the sample positions (the fine samples only say
 where to look; the coarse network learns from its own photometric loss), so nothing here is differentiable.
 
-Three faces (CONVENTIONS.md, kernels/): :func:`sample_pdf_torch` is the readable twin (torch.searchsorted),
-``kernels/sampling.cu`` walks bins and sorted u together in O(B + n) per ray, and :func:`sample_pdf` draws the u
-(once, on the Python side, so every backend inverts the very same numbers) and dispatches.
+Three faces, as in every module of kernels/ (README, "Backends"): :func:`sample_pdf_torch` is the readable twin
+(torch.searchsorted), ``kernels/sampling.cu`` walks bins and sorted u together in O(B + n) per ray, and
+:func:`sample_pdf` draws the u (once, on the Python side, so every backend inverts the very same numbers) and
+dispatches.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def draw_u(n_rays: int, n_samples: int, *, stratified: bool = False, generator: 
 
     Deterministic: the centres of n equal strata, u_k = (k + 0.5) / n, the same for every ray.
     Stratified: one uniform draw per stratum, u_k = (k + U[0, 1)) / n, from ``generator`` (drawn on the
-    generator's device, then moved, so a CPU generator gives the same u on every device).
+    generator's device, then moved, so a CPU generator gives the same u on every device). In float32 the last
+    one can round to exactly 1 (U = 1 - 2^-24, n >= 2): both faces then return the far edge of the last bin.
     """
     strata = torch.arange(n_samples, dtype=dtype, device=device)  # (n,) k
     if not stratified:
@@ -106,16 +108,23 @@ def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n_samples: int, *, str
     bins, weights = bins.detach(), weights.detach()
     u = draw_u(n_rays, n_samples, stratified=stratified, generator=generator, device=bins.device,
                dtype=bins.dtype)  # (R, n)
+    return _invert_cdf(bins, weights, u, backend)
+
+
+def _invert_cdf(bins: torch.Tensor, weights: torch.Tensor, u: torch.Tensor, backend: str) -> torch.Tensor:
+    """The samples at the CDF values u (R, n), sorted per row in [0, 1], on one backend. Returns (R, n)."""
     if backend == "torch":
         return sample_pdf_torch(bins, weights, u)
     if backend not in kernel_backend.BACKENDS:
         raise kernel_backend.BackendError(
             f"unknown backend {backend!r}: choose one of {', '.join(kernel_backend.BACKENDS)}")
 
+    n_rays, n_samples = u.shape
     device_type = kernel_backend.backend_device_type(backend)
-    bins, weights = bins.contiguous(), weights.contiguous()
+    bins, weights, u = bins.contiguous(), weights.contiguous(), u.contiguous()
     kernel_backend.check_tensor("bins", bins, torch.float32, device_type)
     kernel_backend.check_tensor("weights", weights, torch.float32, device_type)
+    kernel_backend.check_tensor("u", u, torch.float32, device_type)
     samples = torch.empty(n_rays, n_samples, dtype=torch.float32, device=bins.device)  # (R, n)
     if n_samples > 0:
         kernel_backend.launch(MODULE, "sample_pdf", n_rays,

@@ -158,6 +158,21 @@ def test_downscale_is_a_premultiplied_block_mean_that_commutes_with_compositing(
         torch.testing.assert_close(small_then_composited, composited_then_small, atol=1e-6, rtol=0)
 
 
+def test_straight_gt_protocol_averages_rgba_as_stored_and_darkens_edges_over_white():
+    """--gt_protocol straight reproduces the common loaders (average RGBA, composite after): a block half covered
+    by a white object, half transparent black, comes out grey over white instead of white."""
+    rgba = np.zeros((2, 2, 4), dtype=np.float32)
+    rgba[0, :, :] = 1.0  # top row: opaque white; bottom row: transparent black (as Blender writes empty pixels)
+    straight = downscale_area(rgba, 2, "straight")
+    np.testing.assert_allclose(straight[0, 0], [0.5, 0.5, 0.5, 0.5])
+    over_white_straight = composite_on_background(torch.from_numpy(straight), 1.0)
+    over_white_ours = composite_on_background(torch.from_numpy(downscale_area(rgba, 2)), 1.0)
+    torch.testing.assert_close(over_white_ours, torch.ones(1, 1, 3))  # white object on white: white
+    torch.testing.assert_close(over_white_straight, torch.full((1, 1, 3), 0.75))  # the darker edge
+    with pytest.raises(UserError, match="gt_protocol"):
+        downscale_area(rgba, 2, "resize")
+
+
 def test_composite_on_background_and_background_colors():
     rgba = torch.tensor([[1.0, 0.0, 0.0, 0.25], [0.0, 1.0, 0.0, 1.0]])
     torch.testing.assert_close(composite_on_background(rgba, 1.0), torch.tensor([[1.0, 0.75, 0.75], [0.0, 1.0, 0.0]]))
@@ -180,3 +195,87 @@ def test_builtin_scene_in_an_unwritable_place_is_a_user_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(UserError, match="cannot write the built-in scene into .*a_file/builtin.*--datadir"):
         load_scene("builtin", str(blocker / "builtin"))
+
+
+# --- non-finite camera data ---------------------------------------------------------------------------------------
+def _edit_transforms(root, split, edit):
+    path = root / f"transforms_{split}.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))  # json.dumps writes NaN / Infinity, which json.loads reads back: no error there
+    return path
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_pose_is_refused_naming_the_file_and_the_frame(blender_scene, value):
+    def poison(meta):
+        meta["frames"][1]["transform_matrix"][0][3] = value
+
+    path = _edit_transforms(blender_scene, "val", poison)
+    with pytest.raises(UserError) as err:
+        load_blender(blender_scene)
+    assert str(err.value) == (f"{path}: frame 1 (./val/r_1) has a non-finite 'transform_matrix' (NaN or Infinity); "
+                              f"fix or re-download it")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), True, 0.0, 4.0])
+def test_a_camera_angle_that_is_not_a_finite_angle_is_refused(blender_scene, value):
+    path = _edit_transforms(blender_scene, "train", lambda meta: meta.update(camera_angle_x=value))
+    with pytest.raises(UserError, match=r"'camera_angle_x' is .*, it must be an angle in radians in \(0, pi\)") as err:
+        load_blender(blender_scene)
+    assert str(path) in str(err.value)
+
+
+def test_check_scene_finite_refuses_non_finite_bounds_and_intrinsics(blender_scene):
+    scene = load_blender(blender_scene)
+    scene.splits["test"].cameras.K[1, 0, 0] = float("nan")
+    with pytest.raises(UserError, match=r"split 'test' of .*: frame 1 \(test/r_1.png\) has a non-finite camera"):
+        datasets.check_scene_finite(scene)
+    scene = load_blender(blender_scene)
+    scene.far = float("inf")
+    with pytest.raises(UserError, match="the far bound of scene .* is inf"):
+        datasets.check_scene_finite(scene)
+
+
+def test_a_float_image_holding_nan_is_refused(tmp_path, make_blender_scene):
+    root = make_blender_scene(tmp_path / "scene", splits=("train",))
+    image = np.full((8, 8), 0.5, np.float32)
+    image[3, 3] = np.nan
+    iio.imwrite(root / "train" / "r_0.tiff", image, plugin="pillow")
+    _edit_transforms(root, "train", lambda meta: meta["frames"][0].update(file_path="./train/r_0.tiff"))
+    with pytest.raises(UserError, match=r"r_0\.tiff holds NaN or infinite values"):
+        load_blender(root, splits=("train",))
+
+
+# --- RGB images: the background they are taken to have ------------------------------------------------------------
+def test_rgba_scenes_load_silently_with_a_white_background(blender_scene, capsys):
+    scene = load_blender(blender_scene)
+    assert scene.background == 1.0 and all(split.has_alpha for split in scene.splits.values())
+    assert capsys.readouterr().err == ""
+
+
+def test_rgb_images_are_taken_to_be_on_white_with_one_warning(tmp_path, make_blender_scene, capsys):
+    root = make_blender_scene(tmp_path / "rgb", channels=3)
+    for split in ("train", "val", "test"):  # RGB renders on white: border pixels are white
+        for path in (root / split).glob("*.png"):
+            image = iio.imread(path)
+            image[0], image[-1], image[:, 0], image[:, -1] = 255, 255, 255, 255
+            iio.imwrite(path, image)
+    scene = load_blender(root)
+    assert scene.background == 1.0 and not scene.splits["train"].has_alpha
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"warning: {root}: the train, val, test images have no alpha channel; they are taken to be "
+                          f"on a white background (the Blender protocol), for training and for scoring")
+    assert "border pixels" not in err
+
+
+def test_rgb_images_on_black_get_a_hint_in_the_warning(tmp_path, make_blender_scene, capsys):
+    root = make_blender_scene(tmp_path / "rgb", channels=3, splits=("train",))
+    for path in (root / "train").glob("*.png"):
+        image = np.zeros((8, 8, 3), np.uint8)
+        image[3:5, 3:5] = 200  # a small object on black: what dropping the alpha of an RGBA render gives
+        iio.imwrite(path, image)
+    load_blender(root, splits=("train",))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "their border pixels average 0.00, not 1: if the background is not white" in err

@@ -158,3 +158,107 @@ def test_a_preset_field_selects_named_presets_and_auto_follows_the_device():
     assert parse_config(PresetConfig, [], NAMED_PRESETS).preset == expected
     with pytest.raises(SystemExit):
         parse_config(PresetConfig, ["--preset", "huge"], NAMED_PRESETS)
+
+
+# --- option ranges ---------------------------------------------------------------------------------------------
+from common.cli import RunConfig, check_ranges  # noqa: E402
+
+
+@dataclass
+class RangedConfig(RunConfig):
+    """RunConfig plus a script's own numeric fields, one of each range kind."""
+
+    iters: int = field(default=500, metadata={"help": "steps of this script"})  # redeclared without a range
+    lr: float = field(default=1e-3, metadata={"help": "learning rate", "above": 0})
+    decay: float = field(default=0.9, metadata={"help": "decay", "above": 0, "max": 1})
+    grid: int = field(default=32, metadata={"help": "cells per side", "min": 2, "multiple_of": 2})
+    levels: tuple[int, ...] = field(default=(4, 8), metadata={"help": "levels", "min": 1})
+    chunk: Optional[int] = field(default=None, metadata={"help": "rays per chunk", "min": 1})
+
+
+@pytest.mark.parametrize("argv, flag, shown, allowed", [
+    (["--iters", "0"], "--iters", "0", ">= 1"),          # the range of RunConfig.iters, inherited
+    (["--iters", "-5"], "--iters", "-5", ">= 1"),
+    (["--ckpt_every", "0"], "--ckpt_every", "0", ">= 1"),
+    (["--log_every", "0"], "--log_every", "0", ">= 1"),
+    (["--seed", "-1"], "--seed", "-1", "in [0, 4294967295]"),
+    (["--time_budget_s", "-1"], "--time_budget_s", "-1", ">= 0"),
+    (["--lr", "0"], "--lr", "0", "> 0"),
+    (["--lr", "nan"], "--lr", "nan", "> 0"),
+    (["--decay", "1.5"], "--decay", "1.5", "in (0, 1]"),
+    (["--grid", "33"], "--grid", "33", ">= 2 and a multiple of 2"),
+    (["--levels", "4", "0"], "--levels", "4 0", ">= 1"),
+    (["--chunk", "0"], "--chunk", "0", ">= 1"),
+])
+def test_numbers_out_of_range_are_one_line_errors_naming_flag_value_and_range(argv, flag, shown, allowed, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(parse_config, RangedConfig, argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {flag} {shown} is out of range: it must be {allowed}\n"
+
+
+def test_values_inside_their_ranges_and_unset_optionals_pass():
+    cfg = parse_config(RangedConfig, ["--iters", "1", "--lr", "1e-9", "--decay", "1", "--grid", "2", "--seed", "0",
+                                      "--eval_every", "0", "--video_frames", "0", "--chunk", "none"])
+    assert (cfg.iters, cfg.decay, cfg.grid, cfg.chunk) == (1, 1.0, 2, None)
+
+
+def test_presets_are_range_checked_too():
+    with pytest.raises(UserError, match="--ckpt_every 0 "):
+        parse_config(RangedConfig, ["--quick"], {"quick": {"ckpt_every": 0}})
+
+
+def test_check_ranges_catches_a_config_changed_in_code():
+    cfg = RangedConfig()
+    cfg.lr = -1.0
+    with pytest.raises(UserError, match="--lr -1 is out of range"):
+        check_ranges(cfg)
+
+
+def test_help_shows_the_range(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(RangedConfig, ["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "learning rate [> 0] (default: 0.001)" in text
+    assert "steps of this script [>= 1]" in text
+
+
+def test_cli_options_records_what_was_typed_and_is_none_for_a_config_built_in_code():
+    cfg = parse_config(RangedConfig, ["--lr", "0.01", "--quick"], {"quick": {"iters": 3}})
+    assert sorted(cfg.cli_options) == ["lr", "quick"]
+    assert cfg.iters == 3  # applied by the preset, not typed
+    assert RangedConfig().cli_options is None
+
+
+# --- run_main: Ctrl-C and SIGTERM outside the training loop --------------------------------------------------
+def test_run_main_turns_ctrl_c_into_one_line_and_status_130(capsys):
+    def final_rendering():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(final_rendering)
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted (Ctrl-C)") and "\n" not in err and "Traceback" not in err
+
+
+def test_run_main_turns_sigterm_into_a_clean_exit_143_and_restores_the_handler(capsys):
+    import os
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    cleaned_up = []
+
+    def long_job():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+        finally:
+            cleaned_up.append(True)  # without the handler the process would die here without running this
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(long_job)
+    assert exit_info.value.code == 143 and cleaned_up == [True]
+    assert capsys.readouterr().err.strip().startswith("terminated (SIGTERM)")
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -2,11 +2,9 @@ import torch
 
 from common.numerics import (
     FLOAT32_MAX_EXPONENT,
-    TRUNC_EXP_MAX_EXPONENT,
     safe_exp,
     safe_normalize,
     safe_sqrt,
-    trunc_exp,
 )
 
 
@@ -16,20 +14,6 @@ def test_safe_exp_equals_exp_below_the_clamp_and_never_overflows_float32():
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out[:4], torch.exp(x[:4]))
     torch.testing.assert_close(out[4], torch.exp(torch.tensor(FLOAT32_MAX_EXPONENT)))
-
-
-def test_trunc_exp_is_exact_forward_and_clamps_the_gradient_at_exp_15():
-    x = torch.tensor([-3.0, 0.0, 10.0, 20.0, 50.0], dtype=torch.float64, requires_grad=True)
-    y = trunc_exp(x)
-    torch.testing.assert_close(y, torch.exp(x))
-    y.sum().backward()
-    expected = torch.exp(x.detach().clamp(max=TRUNC_EXP_MAX_EXPONENT))
-    torch.testing.assert_close(x.grad, expected)
-
-
-def test_trunc_exp_gradcheck_below_the_clamp():
-    x = torch.linspace(-4.0, 4.0, 9, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(trunc_exp, (x,))
 
 
 def test_safe_normalize_gives_unit_vectors_and_no_nan_for_zero_vectors():

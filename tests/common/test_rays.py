@@ -81,14 +81,14 @@ def test_sample_ray_batch_returns_the_ray_and_colour_of_the_same_pixel():
     assert torch.equal(again[2], target)
 
 
-def test_precrop_samples_only_the_central_region():
+def test_pixel_box_samples_only_inside_the_box():
     split = _encoded_split(H=40, W=20)
-    _, _, target = sample_ray_batch(split, 2000, torch.Generator().manual_seed(1), precrop_fraction=0.5)
+    _, _, target = sample_ray_batch(split, 2000, torch.Generator().manual_seed(1), pixel_box=(10, 30, 5, 15))
     rows, cols = target[:, 1], target[:, 2]
-    assert rows.min() == 10 and rows.max() == 29  # rows [H/4, 3H/4)
+    assert rows.min() == 10 and rows.max() == 29  # rows [10, 30)
     assert cols.min() == 5 and cols.max() == 14
     with pytest.raises(ValueError):
-        sample_ray_batch(split, 10, torch.Generator(), precrop_fraction=0.0)
+        sample_ray_batch(split, 10, torch.Generator(), pixel_box=(10, 10, 0, 20))
 
 
 def test_render_image_concatenates_chunks_without_gradients():

@@ -76,3 +76,17 @@ def test_colorize_depth_maps_near_to_far_through_the_colormap():
 @pytest.mark.parametrize("value, expected", [(0.0, 0), (1.0, 255), (0.5, 128), (2.0, 255)])
 def test_to_uint8_rounds_and_clips(value, expected):
     assert to_uint8(np.array([value]))[0] == expected
+
+
+def test_colorize_depth_with_opacity_shows_expected_depth_and_a_flat_background():
+    """A renderer's depth sum_i w_i t_i is ~0 on rays that hit nothing: those must not be drawn as "nearest".
+    With opacity, the hit pixels show depth / opacity and the empty ones the flat background colour."""
+    from common.video import DEPTH_BACKGROUND
+
+    depth = np.array([[0.0, 2.4, 4.0]])  # an empty ray, a ray 60% opaque at t = 4, an opaque ray at t = 4
+    opacity = np.array([[0.0, 0.6, 1.0]])
+    colours = colorize_depth(depth, near=2.0, far=6.0, opacity=opacity)
+    np.testing.assert_allclose(colours[0, 0], DEPTH_BACKGROUND)
+    np.testing.assert_allclose(colours[0, 1], colours[0, 2], atol=1e-6)  # both at expected depth 4
+    np.testing.assert_allclose(colours[0, 2], colorize_depth(np.array([[4.0]]), 2.0, 6.0)[0, 0], atol=1e-6)
+    assert not np.allclose(colours[0, 2], DEPTH_BACKGROUND)

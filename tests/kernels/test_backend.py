@@ -1,5 +1,7 @@
 """kernels/backend: choosing a backend, the emulation launcher, atomics under the emulation, and that every
 kernels/*.cu is valid CUDA (nvcc -ptx) as well as valid C++ for the emulation."""
+import ctypes
+import glob
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -119,6 +121,49 @@ def test_every_cuda_source_compiles_with_nvcc():
     with ThreadPoolExecutor(max_workers=len(CUDA_SOURCES)) as pool:  # nvcc is single-threaded: overlap them
         failures = [f"{name}:\n{stderr}" for name, code, stderr in pool.map(compile_ptx, CUDA_SOURCES) if code]
     assert not failures, "\n".join(failures)
+
+
+def find_nvrtc():
+    """Path of libnvrtc from the pip wheels (nvidia-cuda-nvrtc for CUDA 13, nvidia-cuda-nvrtc-cu12), or None."""
+    try:
+        import nvidia
+    except ImportError:
+        return None
+    for root in nvidia.__path__:  # nvidia/cu13/lib/libnvrtc.so.13, nvidia/cuda_nvrtc/lib/libnvrtc.so.12
+        found = sorted(glob.glob(f"{root}/*/lib/libnvrtc.so.*"))
+        if found:
+            return found[-1]
+    return None
+
+
+def nvrtc_compile(library, source: Path, options) -> tuple[int, str]:
+    """Compile one .cu to PTX with NVRTC (the compiler CuPy uses; no GPU needed). Returns (status, log)."""
+    program = ctypes.c_void_p()
+    status = library.nvrtcCreateProgram(ctypes.byref(program), source.read_bytes(), source.name.encode(), 0, None, None)
+    assert status == 0, f"nvrtcCreateProgram failed with status {status}"
+    encoded = [option.encode() for option in options]
+    status = library.nvrtcCompileProgram(program, len(encoded), (ctypes.c_char_p * len(encoded))(*encoded))
+    log_size = ctypes.c_size_t()
+    library.nvrtcGetProgramLogSize(program, ctypes.byref(log_size))
+    log = ctypes.create_string_buffer(log_size.value)
+    library.nvrtcGetProgramLog(program, log)
+    library.nvrtcDestroyProgram(ctypes.byref(program))
+    return status, log.value.decode(errors="replace")
+
+
+@pytest.mark.skipif(find_nvrtc() is None, reason="NVRTC not installed (pip install nvidia-cuda-nvrtc, in requirements.txt "
+                                                  "on Linux; no wheel for other systems)")
+def test_every_cuda_source_compiles_with_nvrtc_as_cupy_does():
+    """CuPy compiles with NVRTC, which (unlike nvcc) includes no C headers: e.g. INFINITY exists only if the source
+    defines it. Same options as kernels/backend.py gives CuPy, for the oldest GPU the project supports."""
+    library = ctypes.CDLL(find_nvrtc())
+    options = [*backend.cupy_compile_options(), "-arch=compute_75"]
+    failures = []
+    for source in CUDA_SOURCES:
+        status, log = nvrtc_compile(library, source, options)
+        if status != 0:
+            failures.append(f"{source.name} (NVRTC status {status}):\n{log}")
+    assert CUDA_SOURCES and not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda path: path.name)

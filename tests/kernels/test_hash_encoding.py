@@ -89,6 +89,24 @@ def test_backward_matches_emulated_kernel_for_table_and_positions():
     assert_close_relative(x_kernel, x_twin, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend,n_points,rounds", [("torch", 1 << 16, 1), ("emulated", 1 << 20, 6)])
+def test_table_gradient_loses_no_update_when_many_points_share_rows(backend, n_points, rounds):
+    """Contention: every point sits exactly on vertex (2, 2, 2) of the only level (weight 1 there, 0 at the other 7
+    corners), so 8 rows receive N additions each from threads running at the same time, row (2, 2, 2) N additions of
+    exactly 1.0. N < 2^24, so float32 holds every partial sum exactly and a single lost update shows. With a plain +=
+    instead of the atomicAdd, two OpenMP threads lose ~25k of the 2^20 updates whenever they run at the same time;
+    the backward is repeated so that a machine busy with other jobs also gives them that chance."""
+    encoding = HashEncoding(n_levels=1, n_features=2, log2_table_size=12, base_resolution=5, max_resolution=5)
+    assert encoding.scales.tolist() == [4.0]  # pos = 4 x + 0.5 = 2 exactly at x = 0.375
+    x = torch.full((n_points, 3), 0.375)  # (N, 3)
+    encoded = encoding(x, backend=backend)  # (N, L*F)
+    expected = torch.zeros_like(encoding.table)
+    expected[0, 2 + 2 * 5 + 2 * 25] = float(n_points)  # dense row x + y*res + z*res^2
+    for _ in range(rounds):
+        (grad_table,) = torch.autograd.grad(encoded, encoding.table, torch.ones_like(encoded), retain_graph=True)
+        assert torch.equal(grad_table, expected)
+
+
 def test_kernel_backward_skips_the_position_gradient_when_x_needs_none():
     encoding = small_encoding()
     x = random_points(64)  # requires_grad False

@@ -13,7 +13,7 @@ difference in the cdf (float32 sums in the kernel, float64-accumulated cumsum in
 import pytest
 import torch
 
-from kernels.sampling import PDF_PADDING, draw_u, sample_pdf, sample_pdf_torch
+from kernels.sampling import PDF_PADDING, _invert_cdf, draw_u, sample_pdf, sample_pdf_torch
 
 POSITION_TOL = dict(rtol=1e-5, atol=2e-5)
 
@@ -198,3 +198,43 @@ def test_sample_pdf_cuda_matches_twin(case, stratified):
     assert actual.is_cuda and actual.shape == expected.shape
     torch.testing.assert_close(actual, expected, **GPU_TOL)
     assert_inside_and_sorted(actual, bins)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exact boundaries: u = 1 (a stratified draw that rounds up), with guard values after every array
+# ----------------------------------------------------------------------------------------------------------
+def with_nan_guard(values, n_guard=16):
+    """A view of `values` followed in memory by NaNs: a kernel that reads past the array returns NaN."""
+    buffer = torch.full((values.numel() + n_guard,), float("nan"), dtype=values.dtype)
+    buffer[:values.numel()] = values.flatten()
+    return buffer[:values.numel()].view(values.shape)
+
+
+@pytest.mark.parametrize("backend", ["torch", "emulated"])
+def test_u_equal_to_one_lands_on_the_far_edge_without_reading_past_the_ray(backend):
+    """cdf_B is exactly 1, so u = 1 satisfies u >= cdf_{j+1} for the last bin too: the walk (kernel) and the
+    searchsorted (twin) must stop at the last bin, not go one further into the next ray's bins, or past the end."""
+    bins, weights = random_bins(5, 7, zero_fraction=0.3, seed=8)
+    u = torch.tensor([0.0, 0.25, 0.5, 1.0]).expand(5, 4).contiguous()  # (R, n) the last u of every ray is 1
+    bins, weights, u = with_nan_guard(bins), with_nan_guard(weights), with_nan_guard(u)
+    samples = _invert_cdf(bins, weights, u, backend)  # (R, n)
+    assert torch.isfinite(samples).all(), "read past the last ray's arrays"
+    assert torch.equal(samples[:, -1], bins[:, -1])  # u = 1: exactly the far edge
+    assert torch.equal(samples[:, 0], bins[:, 0])  # u = 0: exactly the near edge
+    assert_inside_and_sorted(samples, bins)
+
+
+@pytest.mark.parametrize("backend", ["torch", "emulated"])
+def test_stratified_draw_that_rounds_to_one_gives_the_far_edge(backend, monkeypatch):
+    """torch.rand's largest value, 1 - 2^-24, in the last of n >= 2 strata gives u = (n - 1 + U) / n = 1.0 in float32;
+    sample_pdf must turn it into the far edge, on every backend."""
+    largest = 1.0 - 2.0 ** -24
+    real_rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kwargs: torch.full_like(real_rand(*shape, **kwargs), largest))
+    bins, weights = random_bins(6, 9, seed=9)
+    u = draw_u(6, 64, stratified=True, generator=torch.Generator().manual_seed(0))
+    assert (u[:, -1] == 1.0).all()  # the boundary is reachable, not hypothetical
+    samples = sample_pdf(bins, weights, 64, stratified=True, generator=torch.Generator().manual_seed(0),
+                         backend=backend)
+    assert torch.equal(samples[:, -1], bins[:, -1])
+    assert_inside_and_sorted(samples, bins)

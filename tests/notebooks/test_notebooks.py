@@ -1,9 +1,10 @@
-"""Every notebook in notebooks/ runs top to bottom without an error, and is stored without outputs.
+"""Every notebook in notebooks/ runs top to bottom without an error, and is stored executed, with its outputs.
 
 The notebooks are executed headless with nbclient, in a kernel that runs *this* interpreter (the project's
 virtual environment), from the notebooks/ folder, with matplotlib's non-interactive Agg backend.
 """
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -40,14 +41,28 @@ def python3_kernel_of_this_interpreter(tmp_path, monkeypatch):
     return "python3"
 
 
+# Absolute paths of the machine that executed a notebook must not end up in its stored outputs.
+MACHINE_PATH = re.compile(r"(?<![\w.])(/work/|/tmp/|/home/|/root/|/Users/|[A-Z]:\\\\)")
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
-def test_notebook_is_stored_without_outputs(path):
-    # Outputs (images, timings, progress bars) belong to a run, not to the repository: CI executes the notebooks.
+def test_notebook_is_stored_executed_top_to_bottom_without_errors(path):
+    # A reader sees the figures before running anything, so notebooks are committed with their outputs, from one
+    # clean run: every code cell executed once, in order, none ending in an error, no machine paths in the outputs.
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
-    dirty = [i for i, cell in enumerate(nb.cells)
-             if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)]
-    assert not dirty, f"{path.name}: code cells {dirty} hold outputs; clear them before committing"
+    code_cells = [cell for cell in nb.cells if cell.cell_type == "code"]
+    counts = [cell.execution_count for cell in code_cells]
+    assert counts == list(range(1, len(code_cells) + 1)), (
+        f"{path.name}: execution counts {counts}: run the notebook top to bottom in a fresh kernel and save it")
+    errors = [i for i, cell in enumerate(code_cells) if any(out.output_type == "error" for out in cell.outputs)]
+    assert not errors, f"{path.name}: code cells {errors} end in an error"
+    for i, cell in enumerate(code_cells):
+        text = json.dumps([out for out in cell.outputs if out.output_type != "display_data"])
+        match = MACHINE_PATH.search(text)
+        assert match is None, f"{path.name}: code cell {i} prints a path of this machine ({match.group(0)}...)"
+    assert any(out.output_type == "display_data" for cell in code_cells for out in cell.outputs), (
+        f"{path.name}: no figure in the stored outputs")
 
 
 @pytest.mark.slow

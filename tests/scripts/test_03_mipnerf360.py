@@ -73,6 +73,6 @@ def test_mipnerf360_nan_loss_stops_the_run_naming_the_step(mipnerf360_script, tm
         run_main(m.main, argv)
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert message.startswith("error:") and "NaN or infinite at step 3" in message
+    assert message.startswith("error:") and "diverged at step 3: the loss is nan" in message
     assert (tmp_path / "ckpt_000002.pt").exists() and not (tmp_path / "ckpt_000003.pt").exists()
     assert not (tmp_path / "test" / "metrics.json").exists()

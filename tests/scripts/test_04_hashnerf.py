@@ -91,11 +91,70 @@ def test_hashnerf_nan_loss_stops_the_run_at_that_step_and_keeps_finite_checkpoin
         run_main(hashnerf_script.main, argv)
     assert exit_info.value.code == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
-    assert message.startswith("error:") and "NaN or infinite at step" in message and "--lr" in message
-    bad_step = int(message.split("at step ")[1].split(";")[0])
+    assert message.startswith("error:") and "diverged at step" in message and "--lr" in message
+    bad_step = int(message.split("at step ")[1].split(":")[0])
     checkpoints = sorted(tmp_path.glob("ckpt_*.pt"))
     assert checkpoints and not (tmp_path / f"ckpt_{bad_step:06d}.pt").exists()
     last = torch.load(checkpoints[-1], weights_only=False)
     assert last["step"] == bad_step - 1
     assert all(torch.isfinite(t).all() for t in last["field"].values() if t.is_floating_point())
     assert not (tmp_path / "test" / "metrics.json").exists()  # no evaluation of a dead model
+
+
+def test_trunc_exp_is_exact_forward_and_clamps_the_gradient_at_exp_15(hashnerf_script):
+    x = torch.tensor([-3.0, 0.0, 10.0, 20.0, 50.0], dtype=torch.float64, requires_grad=True)
+    y = hashnerf_script.trunc_exp(x)
+    torch.testing.assert_close(y, torch.exp(x))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.exp(x.detach().clamp(max=15.0)))
+
+
+def test_trunc_exp_gradcheck_below_the_clamp(hashnerf_script):
+    x = torch.linspace(-4.0, 4.0, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(hashnerf_script.trunc_exp, (x,))
+
+
+def test_render_only_rebuilds_the_model_from_the_checkpoint_and_reproduces_its_metrics(hashnerf_script, tmp_path,
+                                                                                      capsys):
+    """--render_only without --quick: today's defaults (the cpu preset) would build another network, so the
+    config must come from the checkpoint; the test metrics must be those of the run that wrote it."""
+    from common.cli import run_main
+
+    outdir = tmp_path / "run"
+    trained = hashnerf_script.main(_train_args(outdir, 12))
+    poses = [[[1, 0, 0, 0], [0, 0, -1, -4], [0, 1, 0, 0.5], [0, 0, 0, 1]],
+             [[0, 0, 1, 4], [1, 0, 0, 0], [0, 1, 0, 0.5], [0, 0, 0, 1]]]
+    (tmp_path / "orbit.json").write_text(json.dumps({"frames": [{"transform_matrix": p} for p in poses]}))
+    rendered = hashnerf_script.main(["--render_only", "--outdir", str(outdir), "--device", "cpu", "--backend",
+                                     "torch", "--n_test_views", "1", "--video_frames", "0",
+                                     "--camera_path", str(tmp_path / "orbit.json")])
+    assert rendered["iters"] == 12 and rendered["preset"] == trained["preset"]
+    assert abs(rendered["mean_psnr"] - trained["mean_psnr"]) < 1e-6
+    assert list(outdir.glob("video_orbit_rgb.*")) and list(outdir.glob("video_orbit_depth.*"))
+    assert sorted(p.name for p in outdir.glob("ckpt_*.pt")) == ["ckpt_000004.pt", "ckpt_000008.pt", "ckpt_000012.pt"]
+
+    with pytest.raises(SystemExit) as exit_info:  # nothing to render: one line, status 2
+        run_main(hashnerf_script.main, ["--render_only", "--outdir", str(tmp_path / "empty"), "--device", "cpu"])
+    assert exit_info.value.code == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["torch", "emulated"])
+def test_the_one_level_hash_encoding_on_the_page_equals_each_level_of_the_fast_encoding(hashnerf_script, backend):
+    """hash_grid_level (Eq. 2-4 written out in 04) against level l of HashEncoding on the fast path: dense
+    coarse levels and hashed fine levels alike, points on the far faces x = 1 included."""
+    from kernels.hash_encoding import HashEncoding, hash_encode, is_dense_level
+
+    torch.manual_seed(0)
+    encoding = HashEncoding(n_levels=6, n_features=2, log2_table_size=10, base_resolution=4, max_resolution=64)
+    torch.nn.init.uniform_(encoding.table, -1.0, 1.0)
+    x = torch.rand(500, 3)
+    x[:20, 0] = 1.0  # far face
+    dense = is_dense_level(encoding.resolutions, encoding.table.shape[1])
+    assert dense.any() and not dense.all()  # both kinds of level are exercised
+    fast = hash_encode(x, encoding.table.detach(), encoding.scales, encoding.resolutions, backend=backend)  # (N, L*F)
+    for level in range(6):
+        reference = hashnerf_script.hash_grid_level(x, encoding.table[level].detach(), float(encoding.scales[level]),
+                                                    int(encoding.resolutions[level]))
+        torch.testing.assert_close(fast[:, 2 * level:2 * level + 2], reference, rtol=1e-5, atol=1e-6,
+                                   msg=f"level {level}")
