@@ -24,6 +24,7 @@ Glossary of shapes: R rays in a batch, S samples (intervals) per ray, so S + 1 i
     python 03_mipnerf360.py                          # built-in unbounded scene, CPU preset on a CPU
     python 03_mipnerf360.py --quick                  # about 2 minutes on 2 CPU cores, >22 dB on it
     python 03_mipnerf360.py --scene ../shared/data/fox --downscale 8   # an Instant-NGP transforms.json capture
+    python 03_mipnerf360.py --scene data/360_v2/garden --downscale 4   # a 360 capture (poses_bounds.npy, images_4/)
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from common.cli import RunConfig, parse_config, resolve_device, run_main
 from common.datasets import composite_on_background, load_scene
 from common.evaluation import evaluate_split, final_evaluation, render_view
+from common.llff360 import load_llff360
 from common.metrics import mse_to_psnr
 from common.numerics import NORM_EPS
 from common.paths import focus_point, orbit_path, spiral_path
@@ -59,7 +61,7 @@ class Config(RunConfig):
 
     # The settings every script shares (--datadir, --outdir, --backend, --device, --seed, --quick, --preset,
     # --resume, --time_budget_s, logging and outputs) come from common/cli.py, RunConfig.
-    scene: str = field(default="builtin_unbounded", metadata={"help": "builtin_unbounded (generated: objects inside a distant sky), builtin, a Blender scene name, or a folder (Blender layout, or a transforms.json capture such as Instant-NGP's fox)"})
+    scene: str = field(default="builtin_unbounded", metadata={"help": "builtin_unbounded (generated: objects inside a distant sky), builtin, a Blender scene name, or a folder: Blender layout, a transforms.json capture (Instant-NGP's fox), or a 360 capture with poses_bounds.npy + images_N/ (N = --downscale)"})
     iters: int = field(default=250_000, metadata={"help": "training iterations (paper: 250k at 16384 rays)"})
     # --- rays (Sec. 2, Eq. 11) ---
     near: float = field(default=0.2, metadata={"help": "t_n, near plane of every ray (scene units)"})
@@ -463,7 +465,10 @@ def train(cfg: Config) -> dict:
     """Train the proposal and NeRF MLPs; evaluate on the test split; write pictures and videos. Returns the metrics."""
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale, gt_protocol=cfg.gt_protocol)
+    if (Path(cfg.scene) / "poses_bounds.npy").is_file():  # a 360 capture: PCA-normalised poses, no NDC
+        scene = load_llff360(cfg.scene, downscale=cfg.downscale)
+    else:
+        scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale, gt_protocol=cfg.gt_protocol)
     train_split = scene.splits["train"]
     background = scene.background  # what RGBA targets are composited on (the opaque last interval learns it)
     radius = pixel_radii(train_split.cameras.K[0])
