@@ -47,6 +47,8 @@ from common.paths import focus_point, orbit_path, spiral_path
 from common.rays import sample_ray_batch
 from common.training import TrainingRun, check_finite, prepare_run, seed_everything
 from common.video import colorize_depth, write_video
+from kernels.backend import resolve_backend
+from kernels.distortion_loss import distortion_loss as distortion_loss_kernel
 
 PAPER_BATCH_RAYS = 16384
 
@@ -451,13 +453,14 @@ def apply_linear_scaling(cfg: Config) -> Config:
                                lr=cfg.lr / k, lr_final=cfg.lr_final / k, linear_scaling=False)
 
 
-def compute_losses(out: dict, target: torch.Tensor, cfg: Config) -> dict:
+def compute_losses(out: dict, target: torch.Tensor, cfg: Config, backend: str = "torch") -> dict:
     """Charbonnier on the NeRF level's colour, + interlevel (Eq. 13) for every proposal round against the NeRF
-    weights, + distortion (Eq. 15) on the NeRF level, in s."""
+    weights, + distortion (Eq. 15) on the NeRF level, in s. backend "cuda" / "emulated" computes the distortion
+    loss with kernels/distortion_loss.cu (the same numbers as `distortion_loss` above, tested equal)."""
     s_nerf, w_nerf = out["levels"][-1]
     data = charbonnier(out["rgb"], target, cfg.charb_padding)
     prop = sum(interlevel_loss(s_nerf, w_nerf, s, w) for s, w in out["levels"][:-1])
-    dist = distortion_loss(s_nerf, w_nerf).mean()
+    dist = (distortion_loss(s_nerf, w_nerf) if backend == "torch" else distortion_loss_kernel(s_nerf, w_nerf, backend)).mean()
     total = data + cfg.interlevel_loss_mult * prop + cfg.distortion_loss_mult * dist
     return dict(loss=total, data=data, interlevel=prop, distortion=dist)
 
@@ -465,6 +468,7 @@ def compute_losses(out: dict, target: torch.Tensor, cfg: Config) -> dict:
 def train(cfg: Config) -> dict:
     """Train the proposal and NeRF MLPs; evaluate on the test split; write pictures and videos. Returns the metrics."""
     device = resolve_device(cfg.device)
+    backend = resolve_backend(cfg.backend, device)  # for the distortion-loss kernel; everything else is PyTorch
     seed_everything(cfg.seed)
     if (Path(cfg.scene) / "poses_bounds.npy").is_file():  # a 360 capture: PCA-normalised poses, no NDC
         scene = load_llff360(cfg.scene, downscale=cfg.downscale)
@@ -497,7 +501,7 @@ def train(cfg: Config) -> dict:
                               progress=False)["mean_psnr"]
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
-    with TrainingRun(cfg, "03_mipnerf360", scene, device, "torch", save_state, load_state, validate) as run:
+    with TrainingRun(cfg, "03_mipnerf360", scene, device, backend, save_state, load_state, validate) as run:
         for step in run.steps():
             rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator)
             rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
@@ -507,7 +511,7 @@ def train(cfg: Config) -> dict:
             train_frac = train_progress(cfg, step - 1, run.elapsed(), cfg.iters - 1)
             out = render_rays(prop_mlp, nerf_mlp, rays_o, rays_d, radius, cfg, train_frac, perturb=True,
                               generator=generator)
-            losses = compute_losses(out, target_rgb, cfg)
+            losses = compute_losses(out, target_rgb, cfg, backend)
 
             lr = learning_rate(cfg, step, run.elapsed())
             for group in optimizer.param_groups:
@@ -527,7 +531,7 @@ def train(cfg: Config) -> dict:
                     lr=lr)
 
     metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, 0, background,
-                               camera_path=cfg.camera_path, iters=run.step, backend="torch", device=str(device),
+                               camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
                                preset=cfg.preset, gt_protocol=cfg.gt_protocol)
     if cfg.video_frames > 0:  # an orbit and a spiral, each in colour and depth
         videos = render_videos(render_fn, scene, Path(cfg.outdir), cfg.video_frames)

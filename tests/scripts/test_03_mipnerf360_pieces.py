@@ -233,3 +233,14 @@ def test_render_rays_shapes_and_stop_gradients(m):
     m.interlevel_loss(s_nerf, w_nerf, *out["levels"][0]).backward()
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in nerf.parameters())
     assert sum(p.grad.abs().sum() for p in prop.parameters() if p.grad is not None) > 0
+
+
+def test_losses_on_the_emulated_distortion_kernel_equal_the_readable_ones(m):
+    g = torch.Generator().manual_seed(3)
+    s = torch.sort(torch.rand(16, 17, generator=g), -1).values
+    w = torch.softmax(torch.randn(16, 16, generator=g), -1)
+    out = dict(rgb=torch.rand(16, 3, generator=g), levels=[(s, w), (s, w)])
+    cfg = m.Config()
+    target = torch.rand(16, 3, generator=g)
+    readable, kernel = m.compute_losses(out, target, cfg), m.compute_losses(out, target, cfg, "emulated")
+    torch.testing.assert_close(kernel["distortion"], readable["distortion"], rtol=1e-5, atol=1e-7)
