@@ -22,12 +22,14 @@ def rays_through_pixels(K: torch.Tensor, c2w: torch.Tensor, u: torch.Tensor, v: 
     K: (3, 3) or (R, 3, 3); c2w: (4, 4) or (R, 4, 4); u, v: (R,) float.
     Returns rays_o (R, 3), rays_d (R, 3) in world coordinates.
     """
+    ### BEGIN SOLUTION
     fx, fy, cx, cy = K[..., 0, 0], K[..., 1, 1], K[..., 0, 2], K[..., 1, 2]
     dirs_cam = torch.stack([(u - cx) / fx, -(v - cy) / fy, -torch.ones_like(u)], dim=-1)  # (R, 3)
     rotation = c2w[..., :3, :3]  # (3, 3) or (R, 3, 3)
     rays_d = (rotation @ dirs_cam.unsqueeze(-1)).squeeze(-1)  # (R, 3): d_world = R_c2w d_cam
     rays_o = c2w[..., :3, 3].expand_as(rays_d)  # (R, 3): every ray starts at the camera centre
     return rays_o, rays_d
+    ### END SOLUTION
 
 
 def get_rays(K: torch.Tensor, c2w: torch.Tensor, H: int, W: int):
@@ -37,6 +39,7 @@ def get_rays(K: torch.Tensor, c2w: torch.Tensor, H: int, W: int):
     Returns rays_o (H*W, 3), rays_d (H*W, 3) in row-major pixel order, so `x.reshape(H, W, 3)` is an image;
     rays_d has camera-frame z = -1 (t is depth along the optical axis), see the module docstring.
     """
+    ### BEGIN SOLUTION
     rows, cols = torch.meshgrid(
         torch.arange(H, dtype=c2w.dtype, device=c2w.device),
         torch.arange(W, dtype=c2w.dtype, device=c2w.device),
@@ -46,6 +49,7 @@ def get_rays(K: torch.Tensor, c2w: torch.Tensor, H: int, W: int):
     v = rows.reshape(-1) + 0.5
     rays_o, rays_d = rays_through_pixels(K.to(c2w.dtype), c2w, u, v)
     return rays_o.contiguous(), rays_d
+    ### END SOLUTION
 
 
 def sample_ray_batch(split, n_rays: int, generator: torch.Generator, pixel_box: tuple | None = None):
