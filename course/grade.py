@@ -15,6 +15,7 @@ container or a throwaway account.
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from common.errors import UserError  # noqa: E402
 from course.parts import PARTS, Part  # noqa: E402
 from course.release import repository_files  # noqa: E402
 
-MESSAGE_CHARS = 200  # the first failing line is cut to this length in the JSON (60 in the printed table)
+MESSAGE_CHARS = 300  # the first failing line is cut to this length in the JSON (90 in the printed table)
 
 
 def student_files() -> list[Path]:
@@ -60,6 +61,18 @@ def split_node_id(node_id: str) -> tuple[str, str]:
     return path[:-len(".py")].replace("/", "."), name
 
 
+def first_line(message: str, report: str) -> str:
+    """The line a student should read first: the exception's message, or for a bare `assert` (whose message
+    is only "assert False") the failing assertion's source line and where it is, taken from the report."""
+    line = next((text.strip() for text in (message or report).splitlines() if text.strip()), "")
+    if line.startswith("assert"):
+        sources = [text[1:].strip() for text in report.splitlines() if text.startswith(">")]
+        places = [text.split(": ")[0] for text in report.splitlines() if re.match(r"^\S+\.py:\d+: \w", text)]
+        if sources:
+            line = sources[-1] + (f" ({places[-1]})" if places else "")
+    return line
+
+
 def read_junit(xml_path: Path) -> tuple[list[tuple[str, str, str, str]], dict[str, str]]:
     """The test cases (classname, name, outcome, first message line) and the collection errors by module."""
     cases, collection_errors = [], {}
@@ -72,8 +85,7 @@ def read_junit(xml_path: Path) -> tuple[list[tuple[str, str, str, str]], dict[st
             element = case.find(tag)
             if element is not None:
                 outcome = "skipped" if tag == "skipped" else "failed"
-                text = element.get("message") or (element.text or "")
-                message = next((line.strip() for line in text.splitlines() if line.strip()), tag)
+                message = first_line(element.get("message") or "", element.text or "") or tag
                 break
         if not classname and outcome == "failed":  # a module that could not be imported
             collection_errors[name] = message
@@ -141,7 +153,7 @@ def format_table(record: dict) -> str:
     for r in record["parts"]:
         rows.append((r["part"], f"{r['points']}/{r['max_points']}",
                      f"{'passed' if r['passed'] else 'failed'} ({r['tests_passed']}/{r['tests']})",
-                     r["first_failure"][:60]))
+                     r["first_failure"][:90]))
     rows.append(("total", f"{record['total']}/{record['max_total']}", "", ""))
     widths = [max(len(row[k]) for row in rows) for k in range(3)]
     return "\n".join("  ".join([cell.ljust(width) for cell, width in zip(row[:3], widths)] + [row[3]]).rstrip()

@@ -133,3 +133,11 @@ def test_notebooks_are_released_through_nbgrader_with_only_the_marked_cells_chan
         solution = old.source.split(BEGIN_MARKER)[1].split(END_MARKER)[0].strip().splitlines()
         assert [line for line in kept if line not in solution] == \
             [line for line in new.source.splitlines() if "YOUR CODE HERE" not in line and "NotImplemented" not in line]
+
+
+def test_first_failure_is_the_exception_or_the_failing_assert_line_with_its_place():
+    report = (">       assert torch.equal(a, b)\nE       assert False\nE        +  where False = ...\n\n"
+              "tests/kernels/test_x.py:12: AssertionError")
+    assert grade.first_line("assert False\n[+4 more lines; full report in element text]", report) == \
+        "assert torch.equal(a, b) (tests/kernels/test_x.py:12)"
+    assert grade.first_line("NotImplementedError: p: Eq. 4\nmore", report) == "NotImplementedError: p: Eq. 4"
