@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
+from common.cli import RunConfig, parse_config, resolve_device, run_main
 from common.datasets import background_color, composite_on_background, load_scene
 from common.errors import UserError
 from common.evaluation import evaluate_split, final_evaluation, render_view
