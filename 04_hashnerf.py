@@ -117,6 +117,7 @@ def hash_grid_level(x: torch.Tensor, table: torch.Tensor, scale: float, resoluti
     out which one matters). The 8 rows are blended trilinearly.
     x: (N, 3) in [0, 1]; table: (T, F) with T a power of two. Returns (N, F).
     """
+    ### BEGIN SOLUTION
     n_rows = table.shape[0]
     pos = x * scale + 0.5  # (N, 3) position in grid units
     lower = torch.floor(pos)  # (N, 3) the cell's lowest vertex
@@ -133,6 +134,7 @@ def hash_grid_level(x: torch.Tensor, table: torch.Tensor, scale: float, resoluti
         trilinear = torch.where(offset.bool(), frac, 1.0 - frac).prod(dim=-1)  # (N,) this corner's weight
         encoded = encoded + trilinear[:, None] * table[row]  # (N, F)
     return encoded
+    ### END SOLUTION
 
 
 def spherical_harmonics(dirs: torch.Tensor) -> torch.Tensor:

@@ -336,7 +336,7 @@ def prepare_run(cfg, script: str, required_keys=(), output_settings=()):
     """
     outdir = cfg.outdir or default_outdir(script, cfg.scene)
     prepare_run_folder(outdir, create=False)
-    cfg = _replaced(cfg, outdir=str(outdir))
+    cfg = dataclasses.replace(cfg, outdir=str(outdir))
     if cfg.camera_path:
         load_camera_path(cfg.camera_path)
     if cfg.render_only:
@@ -349,25 +349,16 @@ def prepare_run(cfg, script: str, required_keys=(), output_settings=()):
         if saved_script != script:
             raise UserError(f"--render_only: {path} was written by {saved_script}.py, not {script}.py: run "
                             f"python {saved_script}.py --render_only --outdir {outdir}")
-        known = {f.name for f in dataclasses.fields(cfg) if f.init}
+        known = {f.name for f in dataclasses.fields(cfg) if f.init and f.name != "cli_options"}
         saved = {key: value for key, value in state["config"].items() if key in known}
         saved.update({key: getattr(cfg, key) for key in (*RENDER_SETTINGS, *output_settings)})
-        return _replaced(cfg, **saved)
+        return dataclasses.replace(cfg, **saved)
     if cfg.resume:
         found = load_latest_valid_checkpoint(outdir)
         if found is not None:
             path, state = found
             cfg = resume_config(state, cfg, script, checkpoint_file=path, required_keys=required_keys)
     return cfg
-
-
-def _replaced(cfg, **changes):
-    """dataclasses.replace that keeps `cli_options` (an init=False field, which replace would reset)."""
-    typed = getattr(cfg, "cli_options", None)
-    new = dataclasses.replace(cfg, **changes)
-    if typed is not None:
-        new.cli_options = typed
-    return new
 
 
 def decayed_learning_rate(lr: float, lr_final: float, step: int, iters: int, elapsed_s: float = 0.0,

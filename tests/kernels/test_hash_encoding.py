@@ -94,8 +94,8 @@ def test_table_gradient_loses_no_update_when_many_points_share_rows(backend, n_p
     """Contention: every point sits exactly on vertex (2, 2, 2) of the only level (weight 1 there, 0 at the other 7
     corners), so 8 rows receive N additions each from threads running at the same time, row (2, 2, 2) N additions of
     exactly 1.0. N < 2^24, so float32 holds every partial sum exactly and a single lost update shows. With a plain +=
-    instead of the atomicAdd, two OpenMP threads lose ~25k of the 2^20 updates whenever they run at the same time;
-    the backward is repeated so that a machine busy with other jobs also gives them that chance."""
+    instead of the atomicAdd, two OpenMP threads lost 1.7k to 26k of the 2^20 updates per launch whenever they ran at
+    the same time; the backward is repeated so that a machine busy with other jobs also gives them that chance."""
     encoding = HashEncoding(n_levels=1, n_features=2, log2_table_size=12, base_resolution=5, max_resolution=5)
     assert encoding.scales.tolist() == [4.0]  # pos = 4 x + 0.5 = 2 exactly at x = 0.375
     x = torch.full((n_points, 3), 0.375)  # (N, 3)
