@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.cli import RunConfig, default_outdir, parse_config, resolve_device, run_main
+from common.cli import RunConfig, parse_config, resolve_device, run_main
 from common.datasets import background_color, composite_on_background, load_scene
 from common.errors import UserError
 from common.evaluation import evaluate_split, final_evaluation, render_view
@@ -70,6 +70,8 @@ spherical_harmonics, update_occupancy_grid = _hashnerf.spherical_harmonics, _has
 NEUS_ALPHA_EPS = 1e-5
 # Opacity is clipped away from 0 and 1 before the mask's binary cross-entropy (instant-nsr-pl, NeuS): log(0).
 MASK_BCE_CLIP = 1e-3
+# Post decoding divides the composited features by the opacity; nearly empty rays would blow them up.
+POST_DECODING_MIN_OPACITY = 1e-3
 # alpha -> the density of the compositing kernel: -log(1 - alpha) / delta is infinite at alpha = 1.
 MAX_ALPHA = 1.0 - 1e-6
 
@@ -222,10 +224,13 @@ def sdf_with_gradient(field_: NeuSField, x: torch.Tensor, backend: str, eps: flo
     Returns f (N,), features (N, G), grad (N, 3), laplacian (N,) or None.
     """
     if eps is None:
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
+        training = torch.is_grad_enabled()  # rendering images runs under inference mode: leave it for this
+        with torch.inference_mode(False), torch.enable_grad():
+            x = x.clone().requires_grad_(True)
             f, features = field_.sdf(x, backend)
-            grad = torch.autograd.grad(f.sum(), x, create_graph=True)[0]  # (N, 3)
+            grad = torch.autograd.grad(f.sum(), x, create_graph=training)[0]  # (N, 3)
+        if not training:
+            f, features, grad = f.detach(), features.detach(), grad.detach()
         return f, features, grad, None
     offsets = eps * torch.cat([torch.eye(3), -torch.eye(3)]).to(x)  # (6, 3): +e_x, +e_y, +e_z, -e_x, -e_y, -e_z
     shifted = (x[None] + offsets[:, None]).clamp(-1.0, 1.0).reshape(-1, 3)  # (6N, 3)
@@ -313,7 +318,7 @@ def render_rays(field_: NeuSField, grid: OccupancyGrid, frame: tuple, rays_o: to
     if cfg.post_decoding:
         # Post decoding (Jittor Instant-NeuS): composite the geometry features (and normals) along the ray, then run
         # the colour MLP once per ray on their opacity-weighted means, instead of once per sample.
-        scale = 1.0 / opacity.clamp(min=MASK_BCE_CLIP)[:, None]  # (R, 1)
+        scale = 1.0 / opacity.clamp(min=POST_DECODING_MIN_OPACITY)[:, None]  # (R, 1) weights -> weighted mean
         color = opacity[:, None] * field_.color(per_ray(features) * scale, safe_normalize(ray_normals), rays_d)
     rgb = color + (1.0 - opacity)[:, None] * background  # (R, 3)
     return dict(rgb=rgb, depth=depth * half_size, opacity=opacity, normal=ray_normals, grad=grad,
