@@ -256,12 +256,14 @@ def neus_alpha(f: torch.Tensor, cos: torch.Tensor, deltas: torch.Tensor, inv_s: 
     true slope clipped to <= 0 (a ray leaving a surface, f rising, is transparent: the max(., 0) of Eq. 13).
     deltas (N,) interval lengths; inv_s () the sharpness s. Returns alpha (N,) in [0, 1].
     """
+    ### BEGIN SOLUTION
     r = cos_anneal_ratio
     slope = -(F.relu(-cos * 0.5 + 0.5) * (1.0 - r) + F.relu(-cos) * r)  # (N,) <= 0
     f_start = f - slope * deltas * 0.5  # (N,) f(p_i)
     f_end = f + slope * deltas * 0.5  # (N,) f(p_i+1)
     cdf_start, cdf_end = torch.sigmoid(f_start * inv_s), torch.sigmoid(f_end * inv_s)  # (N,) Phi_s
     return ((cdf_start - cdf_end + NEUS_ALPHA_EPS) / (cdf_start + NEUS_ALPHA_EPS)).clamp(0.0, 1.0)
+    ### END SOLUTION
 
 
 def cell_opacity(f: torch.Tensor, step: float, inv_s: torch.Tensor) -> torch.Tensor:

@@ -83,6 +83,23 @@ PARTS: tuple[Part, ...] = (
         ("tests/kernels/test_ray_marching.py::test_occupancy_update_is_decay_then_max_over_several_random_updates",
          "tests/kernels/test_ray_marching.py::test_occupancy_update_kernel_matches_twin_decayed_max",
          "tests/scripts/test_04_hashnerf.py::test_grid_policy_carves_a_sphere_then_refreshes_only_the_chosen_cells[torch]")),
+    Part("contraction", 10, (
+        Region("03_mipnerf360.py", "contract",
+               "Eq. 10 of mip-NeRF 360: x inside the unit ball, (2 - 1/|x|) x/|x| outside; keep the gradient finite at 0"),),
+        ("tests/scripts/test_03_mipnerf360_pieces.py::test_contraction_is_the_identity_inside_the_unit_ball",
+         "tests/scripts/test_03_mipnerf360_pieces.py::test_contraction_maps_all_of_space_inside_radius_2",
+         "tests/scripts/test_03_mipnerf360_pieces.py::test_inverse_contraction_round_trips",
+         "tests/scripts/test_03_mipnerf360_pieces.py::test_contraction_gradient_is_finite_at_the_origin")),
+    Part("distortion_loss", 10, (
+        Region("03_mipnerf360.py", "distortion_loss",
+               "Eq. 15 of mip-NeRF 360 in linear time: inter-interval term with prefix sums, plus (1/3) sum w_i^2 ds_i"),),
+        ("tests/scripts/test_03_mipnerf360_pieces.py::test_distortion_loss_linear_form_equals_the_quadratic_definition",
+         "tests/scripts/test_03_mipnerf360_pieces.py::test_distortion_loss_of_a_delta_and_of_spread_weights")),
+    Part("neus_opacity", 10, (
+        Region("05_instant_neus.py", "neus_alpha",
+               "Eq. 13 of NeuS: alpha = max((Phi_s(f_i) - Phi_s(f_i+1)) / Phi_s(f_i), 0), ends extrapolated with cos"),),
+        ("tests/scripts/test_05_instant_neus.py::test_neus_opacity_of_a_plane_telescopes_to_the_closed_form_and_peaks_at_the_surface",
+         "tests/scripts/test_05_instant_neus.py::test_cell_opacity_is_the_opacity_of_a_step_straight_into_the_surface")),
 )
 
 
