@@ -42,18 +42,21 @@ BLENDER_AABB = ((-1.5, -1.5, -1.5), (1.5, 1.5, 1.5))
 @dataclass
 class Cameras:
     """Pinhole cameras of one split. c2w: (N, 4, 4) float32 camera-to-world (OpenGL: x right, y up, looks
-    along -z); K: (N, 3, 3) float32 intrinsics in pixels; every image is height x width."""
+    along -z); K: (N, 3, 3) float32 intrinsics in pixels; every image is height x width; distortion: None, or
+    (N, 4) float32 OpenCV coefficients (k1, k2, p1, p2) that rays undo (see common/rays.py)."""
 
     c2w: torch.Tensor
     K: torch.Tensor
     height: int
     width: int
+    distortion: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
 
     def to(self, device) -> "Cameras":
-        return Cameras(self.c2w.to(device), self.K.to(device), self.height, self.width)
+        distortion = None if self.distortion is None else self.distortion.to(device)
+        return Cameras(self.c2w.to(device), self.K.to(device), self.height, self.width, distortion)
 
 
 @dataclass
@@ -144,10 +147,12 @@ def load_scene(
     """Load a scene by name or path.
 
     scene: "builtin" (the procedural scene, generated into `datadir` or <repo>/data/builtin when missing or
-        out of date), a Blender scene name ("lego", "chair", ...; read from `datadir` or
+        out of date), "builtin_unbounded" (the same objects inside a distant sky, `common.builtin_unbounded`),
+        a Blender scene name ("lego", "chair", ...; read from `datadir` or
         <repo>/data/nerf_synthetic/<scene>), or the path of any folder in the Blender layout.
     datadir: the scene folder itself (for a Blender scene name, the nerf_synthetic folder holding <scene>/ also
-        works).
+        works). A folder holding one transforms.json (Instant-NGP / nerfstudio) is read by
+        `common.ngp_transforms.load_ngp_transforms`.
     downscale, splits, max_images, gt_protocol: see `load_blender`.
     Also: a folder holding metadata.json is read as a multiscale Blender scene (`common.multiscale`), and a
     folder holding poses_bounds.npy or images*/ (and no transforms_train.json) as an LLFF capture
@@ -167,6 +172,20 @@ def load_scene(
         loaded = load_blender(root, downscale, splits, max_images, gt_protocol)
         loaded.name = "builtin"
         return loaded
+    if scene == "builtin_unbounded":
+        from common import builtin_unbounded
+
+        root = Path(datadir) if datadir is not None else builtin_unbounded.DEFAULT_ROOT
+        try:
+            root = builtin_unbounded.ensure_unbounded_scene(root)
+        except OSError as err:
+            raise UserError(f"cannot write the built-in unbounded scene into {root} ({err.strerror or err}): pass "
+                            f"--datadir with a writable folder") from err
+        loaded = load_blender(root, downscale, splits, max_images, gt_protocol)
+        loaded.name, loaded.near, loaded.far, loaded.white_background = (
+            "builtin_unbounded", builtin_unbounded.NEAR, builtin_unbounded.FAR, False)
+        loaded.aabb = torch.tensor([[-1.0] * 3, [1.0] * 3]) * builtin_unbounded.SKY_RADIUS * builtin_unbounded.WORLD_SCALE
+        return loaded
     if scene in BLENDER_SCENES:
         root = Path(datadir) if datadir is not None else REPO_ROOT / "data" / "nerf_synthetic" / scene
         if not (root / "transforms_train.json").exists() and (root / scene / "transforms_train.json").exists():
@@ -177,6 +196,10 @@ def load_scene(
         loaded.name = scene
         return loaded
     root = Path(scene)
+    if (root / "transforms.json").is_file() and not (root / "transforms_train.json").is_file():
+        from common.ngp_transforms import load_ngp_transforms  # Instant-NGP / nerfstudio capture
+
+        return load_ngp_transforms(root, downscale, splits, max_images)
     if (root / "metadata.json").is_file():  # a multiscale Blender scene (common/multiscale.py)
         from common.multiscale import load_multiscale
 
@@ -193,6 +216,10 @@ def load_scene(
             f"unknown scene {scene!r}: pass --scene builtin, one of the Blender scenes ({', '.join(BLENDER_SCENES)}) "
             f"or the path of a folder holding transforms_train.json"
         )
+    if (root / "cameras_sphere.npz").exists():  # the NeuS / DTU layout (common/dtu.py)
+        from common.dtu import load_dtu
+
+        return load_dtu(root, downscale, splits, max_images)
     return load_blender(root, downscale, splits, max_images, gt_protocol)
 
 

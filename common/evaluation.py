@@ -19,9 +19,11 @@ from common.training import write_json
 from common.video import colorize_depth, save_image, write_video
 
 
-def render_view(render_fn, K: torch.Tensor, c2w: torch.Tensor, height: int, width: int) -> dict[str, torch.Tensor]:
-    """Render one camera: returns 'rgb' (H,W,3), 'depth' (H,W), 'opacity' (H,W) on the CPU."""
-    rays_o, rays_d = get_rays(K, c2w, height, width)
+def render_view(render_fn, K: torch.Tensor, c2w: torch.Tensor, height: int, width: int,
+                distortion: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Render one camera (with lens distortion (k1, k2, p1, p2) when given): returns 'rgb' (H,W,3), 'depth' (H,W),
+    'opacity' (H,W) on the CPU."""
+    rays_o, rays_d = get_rays(K, c2w, height, width, distortion)
     out = render_image(render_fn, rays_o, rays_d, getattr(render_fn, "chunk", 4096))
     return {key: value.reshape(height, width, *value.shape[1:]).cpu() for key, value in out.items()}
 
@@ -49,7 +51,8 @@ def evaluate_split(render_fn, split: Split, outdir: Path | None, n_views: int | 
     views = []
     indices = view_indices(len(split.images), n_views)
     for index in tqdm(indices, desc=f"rendering {split.name}", leave=False, disable=not progress):
-        out = render_view(render_fn, cams.K[index], cams.c2w[index], cams.height, cams.width)
+        distortion = None if cams.distortion is None else cams.distortion[index]
+        out = render_view(render_fn, cams.K[index], cams.c2w[index], cams.height, cams.width, distortion)
         gt = split.images[index]
         gt = composite_on_background(gt, background) if gt.shape[-1] == 4 else gt
         pred = out["rgb"].clamp(0.0, 1.0)

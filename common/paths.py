@@ -92,6 +92,42 @@ def spiral_path(
     return look_at(eyes, focus.expand_as(eyes), mean_c2w[:3, 1].expand_as(eyes))
 
 
+def focus_point(c2w: torch.Tensor) -> torch.Tensor:
+    """The point closest, in the least-squares sense, to every camera's optical axis (the line through the
+    camera centre along its viewing direction -z): argmin_p sum_i |(I - d_i d_i^T)(p - o_i)|^2, i.e. the
+    solution of sum_i (I - d_i d_i^T) p = sum_i (I - d_i d_i^T) o_i. For cameras around an object, what they
+    look at. c2w: (N, 4, 4), at least two non-parallel axes. Returns (3,) float32."""
+    c2w = c2w.double()
+    dirs = -c2w[:, :3, 2] / c2w[:, :3, 2].norm(dim=-1, keepdim=True)  # (N, 3) viewing directions
+    projectors = torch.eye(3, dtype=torch.float64) - dirs[:, :, None] * dirs[:, None, :]  # (N, 3, 3)
+    lhs = projectors.sum(dim=0)
+    rhs = (projectors @ c2w[:, :3, 3, None]).sum(dim=0)  # (3, 1)
+    return torch.linalg.solve(lhs, rhs)[:, 0].float()
+
+
+def orbit_path(c2w: torch.Tensor, n_frames: int = 120) -> torch.Tensor:
+    """n_frames cameras on a circle around the cameras' focus point (`focus_point`), all looking at it.
+
+    The circle lies in the plane orthogonal to the cameras' mean up vector (their mean y axis), at their mean
+    height above the focus point and their mean horizontal distance from it; it starts at the first camera's
+    azimuth. For a 360-degree capture this flies the capture's own orbit; the scene needs no particular
+    world frame (unlike `spherical_path`, which assumes z up and the object at the origin).
+    c2w: (N, 4, 4) training poses. Returns (n_frames, 4, 4) float32.
+    """
+    c2w = c2w.float()
+    centre = focus_point(c2w)  # (3,)
+    up = safe_normalize(c2w[:, :3, 1].sum(dim=0))  # (3,)
+    offsets = c2w[:, :3, 3] - centre  # (N, 3)
+    heights = offsets @ up  # (N,)
+    horizontal = offsets - heights[:, None] * up  # (N, 3)
+    radius = float(horizontal.norm(dim=-1).mean())
+    e1 = safe_normalize(horizontal[0])
+    e2 = torch.cross(up, e1, dim=-1)
+    angles = torch.linspace(0.0, 2.0 * math.pi, n_frames + 1)[:-1]  # (n,)
+    eyes = centre + float(heights.mean()) * up + radius * (torch.cos(angles)[:, None] * e1 + torch.sin(angles)[:, None] * e2)
+    return look_at(eyes, centre.expand_as(eyes), up.expand_as(eyes))
+
+
 def load_camera_path(path) -> torch.Tensor:
     """Camera-to-world poses for a custom video (--camera_path), from a JSON file holding either a list of 4x4
     matrices or {"frames": [{"transform_matrix": 4x4}, ...]} (the layout of transforms_*.json, so a Blender

@@ -204,9 +204,11 @@ def occupancy_update_torch(density: torch.Tensor, cell_indices: torch.Tensor, ne
     density: (G^3,) float32; cell_indices: (M,) int64, distinct; new_density: (M,) float32. Returns a new tensor.
     torch.fmax, like fmaxf, ignores a NaN density from the network.
     """
+    ### BEGIN SOLUTION
     density = density.clone()
     density[cell_indices] = torch.fmax(density[cell_indices] * _f32(decay, density.device), new_density)
     return density
+    ### END SOLUTION
 
 
 def pack_bitfield_torch(density: torch.Tensor, threshold: float) -> torch.Tensor:

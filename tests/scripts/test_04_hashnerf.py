@@ -45,6 +45,17 @@ def test_hashnerf_occupied_cells_cover_the_true_surface(hashnerf_script, tmp_pat
     assert occupied[solid].float().mean() > 0.95
     assert occupied.float().mean() < 0.5
 
+    # --export_mesh on the same checkpoint (--render_only): a PLY whose vertices lie near the true surface.
+    from common.mesh import read_ply
+
+    hashnerf_script.main(["--render_only", "--export_mesh", "--mesh_resolution", "64", "--outdir", str(tmp_path),
+                          "--device", "cpu", "--backend", "torch", "--n_test_views", "1", *NO_VIDEO])
+    vertices, faces, _ = read_ply(tmp_path / "mesh.ply")
+    voxel = 3.0 / 63  # the built-in scene box is [-1.5, 1.5]^3
+    assert len(faces) > 500
+    distances = sdf(torch.as_tensor(vertices, dtype=torch.float32)).abs()
+    assert distances.median() < 2 * voxel, float(distances.median())
+
 
 def _train_args(outdir, iters):
     return ["--quick", "--iters", str(iters), "--ckpt_every", "4", "--grid_update_every", "3", "--outdir",
@@ -187,3 +198,21 @@ def test_grid_policy_carves_a_sphere_then_refreshes_only_the_chosen_cells(hashne
     # half the refreshed cells were drawn among the occupied ones: the sphere's cells are over-represented
     inside = before > 0
     assert changed[inside].float().mean() > changed[~inside].float().mean()
+
+
+def test_total_variation_is_zero_on_constant_dense_levels_and_regularises_only_them(hashnerf_script):
+    from kernels.hash_encoding import HashEncoding, is_dense_level
+
+    torch.manual_seed(0)
+    encoding = HashEncoding(n_levels=6, n_features=2, log2_table_size=10, base_resolution=4, max_resolution=64)
+    torch.nn.init.uniform_(encoding.table, -1.0, 1.0)
+    dense = is_dense_level(encoding.resolutions, encoding.table_size)
+    assert dense.any() and not dense.all()
+    loss = hashnerf_script.total_variation(encoding, n_vertices=256, generator=torch.Generator().manual_seed(0))
+    assert loss.item() > 0
+    loss.backward()
+    grad = encoding.table.grad
+    assert grad[dense].abs().sum() > 0 and grad[~dense].abs().sum() == 0  # hashed levels are not regularised
+    with torch.no_grad():
+        encoding.table[dense] = 0.5  # constant on the dense levels, random on the hashed ones
+    assert hashnerf_script.total_variation(encoding, generator=torch.Generator().manual_seed(0)).item() == 0.0
