@@ -202,11 +202,13 @@ def integrated_pos_enc(mean: torch.Tensor, cov_diag: torch.Tensor, min_deg: int,
     shorter than the Gaussian is averaged away. cos is written sin(y + pi/2).
     mean, cov_diag: (..., 3) -> (..., 2 * 3 * L).
     """
+    ### BEGIN SOLUTION
     scales = 2.0 ** torch.arange(min_deg, max_deg, device=mean.device, dtype=mean.dtype)  # (L,)
     y = (mean[..., None, :] * scales[:, None]).flatten(-2)  # (..., L*3)
     y_var = (cov_diag[..., None, :] * scales[:, None] ** 2).flatten(-2)  # (..., L*3)
     attenuation = torch.exp(-0.5 * y_var)  # (..., L*3)
     return torch.cat([attenuation, attenuation], -1) * safe_sin(torch.cat([y, y + 0.5 * math.pi], -1))  # (..., 2*L*3)
+    ### END SOLUTION
 
 
 def positional_encoding(x: torch.Tensor, min_deg: int, max_deg: int, append_identity: bool = True) -> torch.Tensor:
@@ -601,7 +603,8 @@ def export_mesh(mlp: MipMLP, scene, outdir: Path, cfg: Config, device) -> Path:
 def main(argv=None) -> dict:
     cfg = parse_config(Config, argv, presets=PRESETS)
     # The run folder checked; with --resume or --render_only, the settings of the checkpoint being continued.
-    cfg = prepare_run(cfg, "02_mipnerf", required_keys=("mlp",))
+    cfg = prepare_run(cfg, "02_mipnerf", required_keys=("mlp",),
+                      output_settings=("export_mesh", "mesh_resolution", "mesh_threshold"))
     return train(cfg)
 
 

@@ -21,6 +21,11 @@ against those scripts when they land):
 
     Part("integrated_pe", 10, (Region("02_mipnerf.py", "integrated_pos_enc", "Eq. 14 of mip-NeRF: ..."),),
          ("tests/scripts/test_02_mipnerf.py::test_...",)),
+    Part("integrated_pe", 10, (
+        Region("02_mipnerf.py", "integrated_pos_enc",
+               "Eq. 14 of mip-NeRF: E[sin(2^l x)] = sin(2^l mu) exp(-4^l var / 2), cos as sin(. + pi/2), l = min..max-1"),),
+        ("tests/scripts/test_02_mipnerf.py::test_ipe_with_zero_variance_is_the_positional_encoding",
+         "tests/scripts/test_02_mipnerf.py::test_ipe_is_the_expected_encoding_under_the_gaussian")),
     Part("contraction", 10, (Region("03_mipnerf360.py", "contract", "Eq. 10 of mip-NeRF 360: ..."),), (...)),
     Part("distortion_loss", 10, (Region("03_mipnerf360.py", "distortion_loss", "Eq. 15 of mip-NeRF 360"),), (...)),
     Part("neus_opacity", 10, (Region("05_instant_neus.py", "neus_alpha", "Eq. 13 of NeuS: ..."),), (...)),
@@ -83,6 +88,11 @@ PARTS: tuple[Part, ...] = (
         ("tests/kernels/test_ray_marching.py::test_occupancy_update_is_decay_then_max_over_several_random_updates",
          "tests/kernels/test_ray_marching.py::test_occupancy_update_kernel_matches_twin_decayed_max",
          "tests/scripts/test_04_hashnerf.py::test_grid_policy_carves_a_sphere_then_refreshes_only_the_chosen_cells[torch]")),
+    Part("integrated_pe", 10, (
+        Region("02_mipnerf.py", "integrated_pos_enc",
+               "Eq. 14 of mip-NeRF: E[sin(2^l x)] = sin(2^l mu) exp(-4^l var / 2), cos as sin(. + pi/2), l = min..max-1"),),
+        ("tests/scripts/test_02_mipnerf.py::test_ipe_with_zero_variance_is_the_positional_encoding",
+         "tests/scripts/test_02_mipnerf.py::test_ipe_is_the_expected_encoding_under_the_gaussian")),
     Part("contraction", 10, (
         Region("03_mipnerf360.py", "contract",
                "Eq. 10 of mip-NeRF 360: x inside the unit ball, (2 - 1/|x|) x/|x| outside; keep the gradient finite at 0"),),

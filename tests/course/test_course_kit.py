@@ -24,7 +24,7 @@ UNTOUCHED_TESTS = [
     "tests/kernels/test_sampling.py::test_draw_u_is_sorted_in_unit_interval_and_centred_when_deterministic",
     "tests/common/test_metrics.py",
 ]
-MODULES = ["01_nerf", "03_mipnerf360", "04_hashnerf", "05_instant_neus", "common.rays", "kernels.sampling", "kernels.ray_marching",
+MODULES = ["01_nerf", "02_mipnerf", "03_mipnerf360", "04_hashnerf", "05_instant_neus", "common.rays", "kernels.sampling", "kernels.ray_marching",
            "kernels.hash_encoding", "kernels.compositing"]
 
 
