@@ -100,10 +100,12 @@ def positional_encoding(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
     as in their code. notebooks/01_nerf.ipynb fits a 2-D image with and without it to show why it matters.
     x: (..., D) -> (..., D * (1 + 2 * n_freqs))
     """
+    ### BEGIN SOLUTION
     freqs = 2.0 ** torch.arange(n_freqs, device=x.device, dtype=x.dtype)  # (L,)
     angles = x[..., None, :] * freqs[:, None]  # (..., L, D)
     encoded = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1).flatten(-2)  # (..., L*2D)
     return torch.cat([x, encoded], dim=-1)
+    ### END SOLUTION
 
 
 def encoding_dim(n_freqs: int, dims: int = 3) -> int:
@@ -183,6 +185,7 @@ def volume_render(sigma: torch.Tensor, rgb: torch.Tensor, t_vals: torch.Tensor, 
     sigma: (R, S) >= 0; rgb: (R, S, 3); t_vals: (R, S) sorted; ray_norms: (R,) |d|.
     Returns weights (R, S), opacity (R,), color (R, 3), depth (R,) (expected t of the interval midpoints).
     """
+    ### BEGIN SOLUTION
     t_ends = torch.cat([t_vals[:, 1:], torch.full_like(t_vals[:, :1], far)], dim=-1)  # (R, S) t_{i+1}
     delta = (t_ends - t_vals) * ray_norms[:, None]  # (R, S) world-space interval lengths
     alpha = 1.0 - torch.exp(-sigma * delta)  # (R, S) opacity of each interval
@@ -193,6 +196,7 @@ def volume_render(sigma: torch.Tensor, rgb: torch.Tensor, t_vals: torch.Tensor, 
     return dict(weights=weights, opacity=weights.sum(dim=-1),  # (R,)
                 color=(weights[..., None] * rgb).sum(dim=1),  # (R, 3)
                 depth=(weights * 0.5 * (t_vals + t_ends)).sum(dim=-1))  # (R,)
+    ### END SOLUTION
 
 
 def render_along_rays(field: NeRFField, rays_o: torch.Tensor, rays_d: torch.Tensor, t_vals: torch.Tensor,

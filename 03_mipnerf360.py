@@ -156,8 +156,10 @@ def contract(x: torch.Tensor) -> torch.Tensor:
     """Eq. 10: contract(x) = x if |x| <= 1, else (2 - 1 / |x|) x / |x|. Written as ((2 sqrt(m) - 1) / m) x with
     m = max(|x|^2, eps) as in multinerf: the clamp keeps the gradient finite at x = 0 (|x| has no gradient there).
     x: (..., 3) -> (..., 3), every output inside the ball of radius 2."""
+    ### BEGIN SOLUTION
     m = (x**2).sum(-1, keepdim=True).clamp(min=NORM_EPS)  # (..., 1)
     return torch.where(m <= 1, x, (2 * torch.sqrt(m) - 1) / m * x)
+    ### END SOLUTION
 
 
 def inv_contract(z: torch.Tensor) -> torch.Tensor:
@@ -353,12 +355,14 @@ def distortion_loss(s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     in s, in linear time: with the midpoints sorted, sum_ij w_i w_j |m_i - m_j| = 2 sum_i w_i (m_i W_i - M_i)
     where W_i = sum_{j<i} w_j and M_i = sum_{j<i} w_j m_j (DVGO v2's trick; the tests check it against the
     quadratic definition). s: (R, S+1); w: (R, S). Returns (R,)."""
+    ### BEGIN SOLUTION
     m = (s[:, 1:] + s[:, :-1]) / 2  # (R, S)
     W = torch.cumsum(w, -1) - w  # (R, S) exclusive prefix sums
     M = torch.cumsum(w * m, -1) - w * m
     inter = 2 * (w * (m * W - M)).sum(-1)
     intra = (w**2 * (s[:, 1:] - s[:, :-1])).sum(-1) / 3
     return inter + intra
+    ### END SOLUTION
 
 
 def charbonnier(x: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:

@@ -24,6 +24,7 @@ Glossary of shapes: R rays, N packed samples (all rays' samples in one flat arra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -32,14 +33,15 @@ import torch.nn.functional as F
 from common.cli import RunConfig, parse_config, resolve_device, run_main
 from common.datasets import background_color, composite_on_background, load_scene
 from common.evaluation import evaluate_split, final_evaluation
+from common.mesh import marching_cubes, sample_grid, write_ply
 from common.metrics import mse_to_psnr
 from common.rays import sample_ray_batch
 from common.training import TrainingRun, check_finite, decayed_learning_rate, prepare_run, seed_everything
 from kernels import ray_indices_from_counts
 from kernels.backend import resolve_backend
 from kernels.compositing import composite
-from kernels.hash_encoding import HashEncoding, total_variation
-from kernels.ray_marching import OccupancyGrid, march_rays
+from kernels.hash_encoding import HashEncoding, grid_index
+from kernels.ray_marching import OccupancyGrid, march_rays, occupancy_update, pack_bitfield
 
 
 # ================================================================================================
@@ -77,6 +79,10 @@ class Config(RunConfig):
     sparsity_weight: float = field(default=0.0, metadata={"help": "JHashNeRF sparsity loss on densities (0 = off)", "min": 0})
     tv_weight: float = field(default=0.0, metadata={"help": "JHashNeRF total-variation loss on the hash grid (0 = off)", "min": 0})
     mixed_precision: bool = field(default=True, metadata={"help": "fp16 autocast for the MLPs on a GPU, compositing stays fp32 (Instant-NGP's MLPs run in half precision)"})
+    # --- mesh ---
+    export_mesh: bool = field(default=False, metadata={"help": "after training (or with --render_only), write mesh.ply: marching cubes on the density in the scene box"})
+    mesh_resolution: int = field(default=256, metadata={"help": "grid nodes per axis for --export_mesh", "min": 2})
+    mesh_threshold: float = field(default=2.5, metadata={"help": "density sigma of the surface for --export_mesh (Instant-NGP's default)", "above": 0})
 
 
 PRESETS = {
@@ -111,6 +117,7 @@ def hash_grid_level(x: torch.Tensor, table: torch.Tensor, scale: float, resoluti
     out which one matters). The 8 rows are blended trilinearly.
     x: (N, 3) in [0, 1]; table: (T, F) with T a power of two. Returns (N, F).
     """
+    ### BEGIN SOLUTION
     n_rows = table.shape[0]
     pos = x * scale + 0.5  # (N, 3) position in grid units
     lower = torch.floor(pos)  # (N, 3) the cell's lowest vertex
@@ -127,6 +134,7 @@ def hash_grid_level(x: torch.Tensor, table: torch.Tensor, scale: float, resoluti
         trilinear = torch.where(offset.bool(), frac, 1.0 - frac).prod(dim=-1)  # (N,) this corner's weight
         encoded = encoded + trilinear[:, None] * table[row]  # (N, F)
     return encoded
+    ### END SOLUTION
 
 
 def spherical_harmonics(dirs: torch.Tensor) -> torch.Tensor:
@@ -209,6 +217,38 @@ def marching_step(aabb: torch.Tensor, cfg: Config) -> float:
     return float((aabb[1] - aabb[0]).norm()) / cfg.steps_per_diagonal
 
 
+def update_occupancy_grid(grid: OccupancyGrid, step: int, cfg: Config, optical_thickness, generator: torch.Generator,
+                          backend: str) -> None:
+    """Instant-NGP's occupancy-grid policy (Appendix E.2), run every cfg.grid_update_every steps.
+
+    1. Which cells: during the warm-up (the first cfg.grid_warmup steps) every cell; after it, G^3/4 cells, half
+       drawn uniformly over the grid (so that newly dense regions are found) and half among the cells marked
+       occupied (so that the regions rays actually pass through stay fresh).
+    2. Each chosen cell is measured at a random point inside it: its optical thickness sigma * dt for one marching
+       step (the opacity-like quantity of Appendix E).
+    3. Decayed maximum: value = max(decay * value, new), so a cell forgets a density the field no longer has,
+       at a rate of cfg.grid_decay per update.
+    4. Occupied: value > min(cfg.grid_threshold, mean value), the min keeping a dim early scene from vanishing.
+    Departures from the paper, which decays every cell at each update and re-evaluates more cells per update
+    after the warm-up: we decay only the cells re-evaluated and take G^3/4 of them (cheaper on a CPU).
+    """
+    n_cells, device = grid.n_cells, grid.density.device
+    if step <= cfg.grid_warmup:
+        cells = torch.arange(n_cells, device=device)  # (G^3,) every cell
+    else:
+        n_chosen = n_cells // 4
+        uniform = torch.randint(0, n_cells, (n_chosen // 2,), generator=generator)  # (M/2,) anywhere
+        occupied = torch.nonzero(grid.occupied_mask()).flatten().cpu()  # (O,) cells marked occupied
+        picks = torch.randint(0, max(len(occupied), 1), (n_chosen - n_chosen // 2,), generator=generator)
+        near_surfaces = occupied[picks] if len(occupied) else picks[:0]  # (M/2,) where the scene is
+        cells = torch.unique(torch.cat([uniform, near_surfaces])).to(device)  # (M,) distinct: one thread per cell
+    points = grid.cell_points(cells, generator)  # (M, 3) a random point in each cell
+    new_values = torch.cat([optical_thickness(chunk) for chunk in points.split(1 << 16)])  # (M,) sigma * dt
+    grid.density.copy_(occupancy_update(grid.density, cells, new_values, cfg.grid_decay, backend))  # 3. (kernel)
+    threshold = min(cfg.grid_threshold, float(grid.density.mean()))  # 4.
+    grid.bitfield.copy_(pack_bitfield(grid.density, threshold, backend))  # bit b of byte k: cell 8k + b (kernel)
+
+
 # ================================================================================================
 # Rendering: march through the occupancy grid, evaluate the field at the samples, composite (Eq. 3 of NeRF)
 # ================================================================================================
@@ -249,6 +289,29 @@ def sparsity_loss(sigma: torch.Tensor) -> torch.Tensor:
     return torch.log1p(sigma.square() / 0.5).mean()
 
 
+def total_variation(encoding: HashEncoding, n_vertices: int = 4096,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """JHashNeRF's total-variation prior on the hash grid: neighbouring vertices should hold similar features.
+
+    On every dense level (res^3 <= T, one row per vertex), n_vertices random vertices v and their +x, +y, +z
+    neighbours: mean over v, the 3 directions and the levels of ||theta[v + e_d] - theta[v]||^2 / F. Hashed levels
+    are skipped: there, neighbouring vertices share rows with unrelated ones. Returns a () tensor, 0 when no
+    level is dense."""
+    table = encoding.table  # (L, T, F)
+    table_size = table.shape[1]
+    steps = torch.eye(3, dtype=torch.int64, device=table.device)  # (3, 3) unit steps +x, +y, +z
+    level_losses = []
+    for level, res in enumerate(encoding.resolutions.tolist()):
+        if res ** 3 > table_size or res < 2:
+            continue
+        vertices = torch.randint(0, res - 1, (n_vertices, 3), generator=generator).to(table.device)  # (V, 3)
+        res_t = torch.tensor(res, device=table.device)
+        here = table[level][grid_index(vertices, res_t, table_size)]  # (V, F)
+        there = table[level][grid_index(vertices[:, None, :] + steps, res_t, table_size)]  # (V, 3, F)
+        level_losses.append(((there - here[:, None, :]) ** 2).mean())
+    return torch.stack(level_losses).mean() if level_losses else table.new_zeros(())
+
+
 # ================================================================================================
 # Training loop
 # ================================================================================================
@@ -268,8 +331,7 @@ def train(cfg: Config) -> dict:
     test_background = scene.background  # white for Blender scenes (RGB images are taken to be on it too)
 
     field_ = HashField(cfg, aabb).to(device)
-    grid = OccupancyGrid(aabb, resolution=cfg.grid_resolution, decay=cfg.grid_decay,
-                         threshold=cfg.grid_threshold).to(device)
+    grid = OccupancyGrid(aabb, resolution=cfg.grid_resolution).to(device)
     # Sec. 4: Adam (0.9, 0.99, eps 1e-15: the tables' rarely-touched entries need the tiny epsilon), with
     # weight decay on the MLPs only (decaying the tables would erase rarely visited entries).
     optimizer = torch.optim.Adam([
@@ -304,10 +366,8 @@ def train(cfg: Config) -> dict:
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
     with TrainingRun(cfg, "04_hashnerf", scene, device, backend, save_state, load_state, validate) as run:
         for step in run.steps():
-            # Appendix E.2: refresh the grid every few steps (every cell during warm-up).
-            if step % cfg.grid_update_every == 0:
-                grid.update(optical_thickness, generator=generator, backend=backend,
-                            warmup=step <= cfg.grid_warmup)
+            if step % cfg.grid_update_every == 0:  # Appendix E.2: keep the grid in step with the field
+                update_occupancy_grid(grid, step, cfg, optical_thickness, generator, backend)
 
             rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator)
             rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
@@ -340,9 +400,22 @@ def train(cfg: Config) -> dict:
                     extra=lambda: dict(samples_per_ray=round(out["n_samples"] / cfg.batch_rays, 2),
                                        occupancy=round(grid.occupancy_fraction(), 4)))
 
-    return final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, test_background,
-                            camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
-                            preset=cfg.preset, gt_protocol=cfg.gt_protocol)
+    metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, test_background,
+                               camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
+                               preset=cfg.preset, gt_protocol=cfg.gt_protocol)
+    if cfg.export_mesh:
+        export_mesh(field_, aabb, cfg, backend, device)
+    return metrics
+
+
+def export_mesh(field_: HashField, aabb: torch.Tensor, cfg: Config, backend: str, device) -> None:
+    """<outdir>/mesh.ply: the surface sigma = cfg.mesh_threshold of the learned density, by marching cubes on a
+    mesh_resolution^3 grid spanning the scene box (common/mesh.py), vertices in world units."""
+    values = sample_grid(lambda points: field_.density(points, backend)[0], aabb.cpu(), cfg.mesh_resolution,
+                         device=device)  # (res, res, res) sigma at the grid nodes
+    vertices, faces = marching_cubes(values, aabb.cpu(), level=cfg.mesh_threshold, inside="above")
+    path = write_ply(Path(cfg.outdir) / "mesh.ply", vertices, faces)
+    print(f"mesh: {len(vertices)} vertices, {len(faces)} triangles -> {path}")
 
 
 # ================================================================================================
@@ -366,7 +439,8 @@ def make_image_renderer(field_: HashField, grid: OccupancyGrid, cfg: Config, bac
 def main(argv=None) -> dict:
     cfg = parse_config(Config, argv, presets=PRESETS)
     # The run folder checked; with --resume or --render_only, the settings of the checkpoint being continued.
-    cfg = prepare_run(cfg, "04_hashnerf", required_keys=("field", "grid"))
+    cfg = prepare_run(cfg, "04_hashnerf", required_keys=("field", "grid"),
+                      output_settings=("export_mesh", "mesh_resolution", "mesh_threshold"))
     return train(cfg)
 
 

@@ -4,13 +4,14 @@
 # Both make their own virtual environment in .venv from requirements.txt the first time.
 #   make test-gpu   on a machine with an NVIDIA GPU: the tests marked gpu (CuPy against the twins), in .venv-gpu
 #                   built from requirements.txt + requirements-gpu.txt (CUDA PyTorch and CuPy)
+#   make test-asan  the kernel tests with the emulation built under AddressSanitizer (out-of-bounds reads/writes)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 VENV_GPU := .venv-gpu
 PY_GPU := $(VENV_GPU)/bin/python
 
-.PHONY: demo demo-hashnerf test test-gpu venv clean
+.PHONY: demo demo-hashnerf test test-gpu test-asan venv clean
 
 venv: $(VENV)/.installed
 
@@ -39,6 +40,15 @@ $(VENV_GPU)/.installed: requirements.txt requirements-gpu.txt
 test-gpu: $(VENV_GPU)/.installed
 	$(PY_GPU) -c "import sys; from kernels.backend import cupy_status; r = cupy_status(); sys.exit(r and 'make test-gpu: ' + r)"
 	$(PY_GPU) -m pytest -q -m gpu tests
+
+# The emulated kernels compiled with -fsanitize=address (the flags enter the kernel cache's key), ASan preloaded
+# into Python so that torch's allocations get red zones. Deselected, as none runs a kernel: the nvcc and NVRTC
+# compile tests (neither compiler runs with ASan preloaded) and one test that raises through autograd's C++
+# (ASan aborts on the rethrow).
+test-asan: venv
+	LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 \
+	NERF_EMULATION_CXXFLAGS="-fsanitize=address -fno-omit-frame-pointer" \
+	$(PY) -m pytest -q -p no:cacheprovider tests/kernels -k "not nvcc and not nvrtc and not second_derivative"
 
 clean:
 	rm -rf $(VENV) $(VENV_GPU) runs data/builtin

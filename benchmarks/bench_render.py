@@ -69,11 +69,15 @@ def main(argv=None) -> dict:
     print(f"{'script':<12} {'chunk':>6} {'s/view':>8} {'views/s':>8}")
     for name in args.scripts:
         script = importlib.import_module(name)
+        reference = None  # the image of the first chunk size: every chunk size must render the same image
         for chunk in args.chunks:
             cfg = parse_config(script.Config, ["--preset", args.preset, "--chunk", str(chunk), "--device", args.device],
                                presets=script.PRESETS)
+            torch.manual_seed(0)  # the same untrained weights for every chunk size
             render_fn = image_renderer(script, cfg, scene, device)
-            render_view(render_fn, cams.K[0], cams.c2w[0], cams.height, cams.width)  # warm-up
+            image = render_view(render_fn, cams.K[0], cams.c2w[0], cams.height, cams.width)["rgb"]  # also a warm-up
+            reference = image if reference is None else reference
+            difference = float((image - reference).abs().max())
             times = []
             for view in range(args.views):
                 if device.type == "cuda":
@@ -84,8 +88,9 @@ def main(argv=None) -> dict:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
             seconds = statistics.median(times)
-            rows.append(dict(script=name, chunk=chunk, seconds_per_view=round(seconds, 4), times=times))
-            print(f"{name:<12} {chunk:>6} {seconds:>8.3f} {1 / seconds:>8.2f}")
+            rows.append(dict(script=name, chunk=chunk, seconds_per_view=round(seconds, 4), times=times,
+                             max_abs_diff_vs_first_chunk=difference))
+            print(f"{name:<12} {chunk:>6} {seconds:>8.3f} {1 / seconds:>8.2f}   (image differs by {difference:.1e})")
     result = dict(harness="bench_render", date=iso_now(), machine=machine, software=software_versions(),
                   git=git_revision(), **command_line(), preset=args.preset,
                   image=f"{cams.width}x{cams.height}", rows=rows)

@@ -138,13 +138,14 @@ def _reason_of(err: UserError) -> str:
 # --resume against the configuration the checkpoint was trained with
 # ------------------------------------------------------------------------------------------------
 # Settings that may change when a run is resumed: how long it runs, how often it logs, evaluates and
-# checkpoints, what it renders at the end, where and on what it computes. None of them changes the model or
-# the training of the steps already done. Every other setting (scene, datadir, downscale, the architecture,
+# checkpoints, what it renders at the end (views, videos, a camera path), where and on what it computes.
+# None of them changes the model or the training of the steps already done. Every other setting (scene, datadir, downscale, the architecture,
 # the sampler, the learning-rate schedule, batch size, seed, presets) is part of the run: a resumed run keeps
 # the checkpoint's values, so that its config.json, its log and its result describe one consistent run.
 RESUMABLE_FIELDS = frozenset({
     "iters", "time_budget_s", "log_every", "eval_every", "ckpt_every", "n_test_views", "video_frames",
-    "chunk", "device", "backend", "resume", "outdir", "cli_options",
+    "chunk", "device", "backend", "resume", "outdir", "cli_options", "render_only", "camera_path",
+    "export_mesh", "mesh_resolution", "mesh_threshold",  # what 04 writes at the end
 })
 
 
@@ -173,7 +174,7 @@ def resume_config(checkpoint: dict, cfg, script: str, checkpoint_file=None, resu
         alone continues the run that X holds, whatever its preset was;
       * typed and different: a one-line UserError names each contradicting flag with both values.
     A checkpoint written by another script is refused with a UserError naming both scripts.
-    Returns a new Config (dataclasses.replace; cli_options carried over).
+    Returns a new Config (dataclasses.replace), or cfg itself when nothing is taken.
     """
     where = f"checkpoint {checkpoint_file}" if checkpoint_file is not None else "the checkpoint"
     saved_script = checkpoint.get("script")
@@ -189,7 +190,7 @@ def resume_config(checkpoint: dict, cfg, script: str, checkpoint_file=None, resu
     typed = None if typed_options is None else set(typed_options)
     taken, conflicts = {}, []
     for f in dataclasses.fields(cfg):
-        if f.name in resumable or f.name not in saved or not f.init:
+        if f.name in resumable or f.name not in saved:
             continue
         old, new = saved[f.name], getattr(cfg, f.name)
         if _same_value(old, new):
@@ -204,10 +205,7 @@ def resume_config(checkpoint: dict, cfg, script: str, checkpoint_file=None, resu
     if not taken:
         return cfg
     print("resuming with the checkpoint's settings: " + ", ".join(f"{k}={_shown(v)}" for k, v in taken.items()))
-    resumed = dataclasses.replace(cfg, **taken)
-    if typed_options is not None:
-        resumed.cli_options = typed_options  # init=False fields are not carried over by replace
-    return resumed
+    return dataclasses.replace(cfg, **taken)
 
 
 def _same_value(a, b) -> bool:

@@ -128,12 +128,12 @@ def parse_config(config_cls, argv=None, presets: dict | None = None, description
         `preset` field of the result holds the preset actually used.
     description: the --help text (default: the dataclass docstring).
     The final values are checked against the ranges in the fields' metadata (`check_ranges`; --help shows
-    them in brackets). If the dataclass has a `cli_options` field (RunConfig does), it is set to the names of
-    the options given on the command line.
+    them in brackets). A field with metadata {"cli": False} gets no option. If the dataclass has a
+    `cli_options` field (RunConfig does), it is set to the names of the options given on the command line.
     """
     presets = presets or {}
     hints = typing.get_type_hints(config_cls)
-    fields = [f for f in dataclasses.fields(config_cls) if f.init]
+    fields = [f for f in dataclasses.fields(config_cls) if f.init and f.metadata.get("cli", True)]
     names = {f.name for f in fields}
     bool_presets = [name for name in presets if name in names and hints[name] is bool]
     has_preset_field = "preset" in names and bool(presets)
@@ -296,7 +296,8 @@ class RunConfig:
     # Not an option: parse_config records here the names of the options given on the command line (None when
     # the Config was built in code). config.json keeps what the user typed, and --resume takes every setting
     # that was not typed again from the checkpoint (common.checkpoints.resume_config).
-    cli_options: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
+    # It is a field (off the command line: "cli": False) so that Config(**saved["config"]) rebuilds a saved run.
+    cli_options: Optional[tuple] = field(default=None, repr=False, compare=False, metadata={"cli": False})
 
 
 def default_outdir(script: str, scene: str) -> Path:

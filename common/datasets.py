@@ -142,6 +142,7 @@ def load_scene(
     splits=SPLITS,
     max_images: dict | int | None = None,
     gt_protocol: str = "premultiplied",
+    llff_factor: int = 4,
 ) -> Scene:
     """Load a scene by name or path.
 
@@ -153,6 +154,9 @@ def load_scene(
         works). A folder holding one transforms.json (Instant-NGP / nerfstudio) is read by
         `common.ngp_transforms.load_ngp_transforms`.
     downscale, splits, max_images, gt_protocol: see `load_blender`.
+    Also: a folder holding metadata.json is read as a multiscale Blender scene (`common.multiscale`), and a
+    folder holding poses_bounds.npy or images*/ (and no transforms_train.json) as an LLFF capture
+    (`common.llff`, reading images_<llff_factor>/).
     """
     if scene == "builtin":
         from common import builtin_scene
@@ -196,6 +200,15 @@ def load_scene(
         from common.ngp_transforms import load_ngp_transforms  # Instant-NGP / nerfstudio capture
 
         return load_ngp_transforms(root, downscale, splits, max_images)
+    if (root / "metadata.json").is_file():  # a multiscale Blender scene (common/multiscale.py)
+        from common.multiscale import load_multiscale
+
+        return load_multiscale(root, splits)
+    if root.is_dir() and not (root / "transforms_train.json").exists() and (
+            (root / "poses_bounds.npy").exists() or any(root.glob("images*"))):  # LLFF (common/llff.py)
+        from common.llff import load_llff
+
+        return load_llff(root, factor=llff_factor, splits=splits)
     if not root.is_dir() and ("/" in scene or "\\" in scene or scene.startswith(".")):
         raise UserError(f"scene folder {root} not found: pass --scene with a folder holding transforms_train.json")
     if not root.is_dir():
@@ -203,6 +216,10 @@ def load_scene(
             f"unknown scene {scene!r}: pass --scene builtin, one of the Blender scenes ({', '.join(BLENDER_SCENES)}) "
             f"or the path of a folder holding transforms_train.json"
         )
+    if (root / "cameras_sphere.npz").exists():  # the NeuS / DTU layout (common/dtu.py)
+        from common.dtu import load_dtu
+
+        return load_dtu(root, downscale, splits, max_images)
     return load_blender(root, downscale, splits, max_images, gt_protocol)
 
 

@@ -62,6 +62,7 @@ def rays_through_pixels(K: torch.Tensor, c2w: torch.Tensor, u: torch.Tensor, v: 
     the lens actually sent the light that reached (u, v) (the images themselves are never resampled).
     Returns rays_o (R, 3), rays_d (R, 3) in world coordinates.
     """
+    ### BEGIN SOLUTION
     fx, fy, cx, cy = K[..., 0, 0], K[..., 1, 1], K[..., 0, 2], K[..., 1, 2]
     if distortion is not None:
         x, y = undistort((u - cx) / fx, (v - cy) / fy, distortion.to(u.dtype))
@@ -71,6 +72,7 @@ def rays_through_pixels(K: torch.Tensor, c2w: torch.Tensor, u: torch.Tensor, v: 
     rays_d = (rotation @ dirs_cam.unsqueeze(-1)).squeeze(-1)  # (R, 3): d_world = R_c2w d_cam
     rays_o = c2w[..., :3, 3].expand_as(rays_d)  # (R, 3): every ray starts at the camera centre
     return rays_o, rays_d
+    ### END SOLUTION
 
 
 def get_rays(K: torch.Tensor, c2w: torch.Tensor, H: int, W: int, distortion: torch.Tensor | None = None):
@@ -80,6 +82,7 @@ def get_rays(K: torch.Tensor, c2w: torch.Tensor, H: int, W: int, distortion: tor
     Returns rays_o (H*W, 3), rays_d (H*W, 3) in row-major pixel order, so `x.reshape(H, W, 3)` is an image;
     rays_d has camera-frame z = -1 (t is depth along the optical axis), see the module docstring.
     """
+    ### BEGIN SOLUTION
     rows, cols = torch.meshgrid(
         torch.arange(H, dtype=c2w.dtype, device=c2w.device),
         torch.arange(W, dtype=c2w.dtype, device=c2w.device),
@@ -89,6 +92,7 @@ def get_rays(K: torch.Tensor, c2w: torch.Tensor, H: int, W: int, distortion: tor
     v = rows.reshape(-1) + 0.5
     rays_o, rays_d = rays_through_pixels(K.to(c2w.dtype), c2w, u, v, distortion)
     return rays_o.contiguous(), rays_d
+    ### END SOLUTION
 
 
 def sample_ray_batch(split, n_rays: int, generator: torch.Generator, pixel_box: tuple | None = None):

@@ -319,7 +319,7 @@ RENDER_SETTINGS = ("outdir", "datadir", "device", "backend", "chunk", "n_test_vi
                    "render_only", "camera_path")
 
 
-def prepare_run(cfg, script: str, required_keys=()):
+def prepare_run(cfg, script: str, required_keys=(), output_settings=()):
     """Everything that must be settled before a script builds its model or loads data, in one call from main():
 
       * --outdir: its default (runs/<script>/<scene>) filled in, and checked (a file, a read-only place: one
@@ -331,11 +331,12 @@ def prepare_run(cfg, script: str, required_keys=()):
         resume_config: settings not typed again come from the checkpoint, contradicting ones are refused, as is
         a checkpoint of another script).
     script: e.g. "01_nerf"; required_keys: what the script's checkpoints hold (e.g. ("coarse", "fine")), to
-    recognise a folder of another script. Returns the Config to run with.
+    recognise a folder of another script; output_settings: the script's own settings that, like RENDER_SETTINGS,
+    only say what to write (e.g. 04's export_mesh). Returns the Config to run with.
     """
     outdir = cfg.outdir or default_outdir(script, cfg.scene)
     prepare_run_folder(outdir, create=False)
-    cfg = _replaced(cfg, outdir=str(outdir))
+    cfg = dataclasses.replace(cfg, outdir=str(outdir))
     if cfg.camera_path:
         load_camera_path(cfg.camera_path)
     if cfg.render_only:
@@ -348,25 +349,16 @@ def prepare_run(cfg, script: str, required_keys=()):
         if saved_script != script:
             raise UserError(f"--render_only: {path} was written by {saved_script}.py, not {script}.py: run "
                             f"python {saved_script}.py --render_only --outdir {outdir}")
-        known = {f.name for f in dataclasses.fields(cfg) if f.init}
+        known = {f.name for f in dataclasses.fields(cfg) if f.init and f.name != "cli_options"}
         saved = {key: value for key, value in state["config"].items() if key in known}
-        saved.update({key: getattr(cfg, key) for key in RENDER_SETTINGS})
-        return _replaced(cfg, **saved)
+        saved.update({key: getattr(cfg, key) for key in (*RENDER_SETTINGS, *output_settings)})
+        return dataclasses.replace(cfg, **saved)
     if cfg.resume:
         found = load_latest_valid_checkpoint(outdir)
         if found is not None:
             path, state = found
             cfg = resume_config(state, cfg, script, checkpoint_file=path, required_keys=required_keys)
     return cfg
-
-
-def _replaced(cfg, **changes):
-    """dataclasses.replace that keeps `cli_options` (an init=False field, which replace would reset)."""
-    typed = getattr(cfg, "cli_options", None)
-    new = dataclasses.replace(cfg, **changes)
-    if typed is not None:
-        new.cli_options = typed
-    return new
 
 
 def decayed_learning_rate(lr: float, lr_final: float, step: int, iters: int, elapsed_s: float = 0.0,

@@ -20,14 +20,14 @@ samples of ray r are ``[ray_starts[r], ray_starts[r] + ray_counts[r])``, front t
 
 Three faces, as in every module of kernels/ (README, "Backends"): :func:`march_rays_torch` is the readable twin
 (vectorised over all lattice points of all rays); ``kernels/ray_marching.cu`` marches one ray per thread and skips
-empty cells; :func:`march_rays` picks one by ``backend``. :class:`OccupancyGrid` maintains the bitfield (Appendix
-E.2), with the kernels ``occupancy_update`` and ``pack_bitfield`` and their twins. The notebook 04_hashnerf draws a
+empty cells; :func:`march_rays` picks one by ``backend``. :class:`OccupancyGrid` stores the grid and its bitfield
+(Appendix E.2), with the per-cell kernels ``occupancy_update`` and ``pack_bitfield`` and their twins; when and
+where they run (the update policy) is the lesson's, ``update_occupancy_grid`` in 04_hashnerf.py. The notebook 04_hashnerf draws a
 grid and the samples of a few rays in its "Occupancy grid" cell.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import numpy as np
 import torch
@@ -204,9 +204,11 @@ def occupancy_update_torch(density: torch.Tensor, cell_indices: torch.Tensor, ne
     density: (G^3,) float32; cell_indices: (M,) int64, distinct; new_density: (M,) float32. Returns a new tensor.
     torch.fmax, like fmaxf, ignores a NaN density from the network.
     """
+    ### BEGIN SOLUTION
     density = density.clone()
     density[cell_indices] = torch.fmax(density[cell_indices] * _f32(decay, density.device), new_density)
     return density
+    ### END SOLUTION
 
 
 def pack_bitfield_torch(density: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -278,32 +280,28 @@ def _check_backend_name(backend: str) -> None:
 
 
 class OccupancyGrid(torch.nn.Module):
-    """The occupancy grid of Instant-NGP (Appendix E.2): a decayed running maximum per cell, and its bitfield.
+    """The storage of Instant-NGP's occupancy grid (Appendix E.2): one value per cell and its bitfield.
 
-    What the grid stores is whatever the caller's ``density_fn`` returns at a random point of each chosen cell
-    (:meth:`update`); the class makes no assumption about its units. 04_hashnerf.py passes sigma * dt, the optical
-    thickness of one marching step, as Instant-NGP does (its grid stores the network's density times its smallest
-    step, sqrt(3) / 1024 on the finest cascade, and thresholds that at NERF_MIN_OPTICAL_THICKNESS = 0.01, or at the
-    grid's mean when lower). The default threshold 0.01 is Instant-NGP's, for that quantity.
+    The policy that keeps it up to date (which cells are re-evaluated when, the decay, the threshold, the
+    warm-up) belongs to the method and lives in the lesson: ``update_occupancy_grid`` in 04_hashnerf.py, built on
+    this module's per-cell kernels :func:`occupancy_update` (decayed max) and :func:`pack_bitfield` (threshold
+    into bits). The grid makes no assumption about the units of what it stores; 04_hashnerf.py stores sigma * dt,
+    the optical thickness of one marching step, as Instant-NGP does.
 
     Args:
         aabb: (2, 3) scene box [min, max].
-        resolution: G cells per axis (Instant-NGP: 128), even.
-        decay: the stored value of a re-evaluated cell decays by this factor before the max (Instant-NGP: 0.95).
-        threshold: a cell is occupied when its stored value exceeds min(threshold, mean over all cells); taking
-            the min with the mean keeps a dim early scene from vanishing.
+        resolution: G cells per axis (Instant-NGP: 128), even (8 cells per byte of the bitfield).
 
     Buffers: ``aabb`` (2, 3), ``density`` (G^3,) float32 (the stored values, named as in Instant-NGP), ``bitfield``
-    (G^3/8,) uint8 (all cells occupied at the start, so that the first iterations sample everywhere:
-    :meth:`mark_all_occupied`). The per-cell operations are the module's :func:`occupancy_update` and
-    :func:`pack_bitfield`.
+    (G^3/8,) uint8: bit b of byte k is the occupancy of cell 8k + b, and cell (x, y, z) has index x + y G + z G^2.
+    Every bit starts set (:meth:`mark_all_occupied`), so that the first iterations sample everywhere.
     """
 
-    def __init__(self, aabb: torch.Tensor, resolution: int = 128, decay: float = 0.95, threshold: float = 0.01):
+    def __init__(self, aabb: torch.Tensor, resolution: int = 128):
         super().__init__()
         if resolution < 2 or resolution % 2:
             raise ValueError(f"the occupancy grid resolution must be even (8 cells per byte), got {resolution}")
-        self.resolution, self.decay, self.threshold = resolution, decay, threshold
+        self.resolution = resolution
         self.n_cells = resolution ** 3
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).clone())
         self.register_buffer("density", torch.zeros(self.n_cells))  # (G^3,)
@@ -334,46 +332,3 @@ class OccupancyGrid(torch.nn.Module):
         jitter = torch.rand(cell.shape, generator=generator, device=gen_device).to(self.density.device)  # (M, 3)
         unit = (cell.to(torch.float32) + jitter) / res  # (M, 3) in [0, 1]^3
         return self.aabb[0] + unit * (self.aabb[1] - self.aabb[0])  # (M, 3)
-
-    def choose_cells(self, n_cells: int | None, generator: torch.Generator | None, warmup: bool) -> torch.Tensor:
-        """The cells to re-evaluate, distinct and sorted, (M,) int64.
-
-        Warm-up: all cells. After (Appendix E.2): n_cells / 2 uniformly random cells and n_cells / 2 random cells
-        among the occupied ones, so that occupied regions are refreshed more often. Default n_cells: G^3 / 4.
-        """
-        device = self.density.device
-        if warmup:
-            return torch.arange(self.n_cells, device=device)
-        n_cells = self.n_cells // 4 if n_cells is None else n_cells
-        gen_device = generator.device if generator is not None else device
-        uniform = torch.randint(0, self.n_cells, (n_cells // 2,), generator=generator, device=gen_device).to(device)
-        occupied = torch.nonzero(self.occupied_mask()).flatten()  # (O,)
-        if occupied.numel() > 0:
-            picks = torch.randint(0, occupied.numel(), (n_cells - n_cells // 2,), generator=generator,
-                                  device=gen_device).to(device)
-            uniform = torch.cat([uniform, occupied[picks]])
-        return torch.unique(uniform)  # distinct: one thread per cell in occupancy_update, no write races
-
-    @torch.no_grad()
-    def update(self, density_fn: Callable[[torch.Tensor], torch.Tensor], n_cells: int | None = None,
-               generator: torch.Generator | None = None, backend: str = "torch", warmup: bool = False,
-               chunk: int = 1 << 16) -> None:
-        """One grid update (Instant-NGP Appendix E.2; call it every 16 training steps).
-
-        1. choose cells (all of them during warm-up, Instant-NGP's first 256 steps; then see :meth:`choose_cells`);
-        2. evaluate density_fn at a random point in each (points (M, 3) world -> values (M,) or (M, 1));
-        3. density = max(density * decay, new value) on those cells (:func:`occupancy_update`);
-        4. threshold = min(self.threshold, mean over all cells);
-        5. bitfield = density > threshold, 8 cells per byte (:func:`pack_bitfield`).
-        """
-        cells = self.choose_cells(n_cells, generator, warmup)  # (M,)
-        points = self.cell_points(cells, generator)  # (M, 3)
-        new_density = torch.cat([density_fn(points[i:i + chunk]).reshape(-1) for i in range(0, len(points), chunk)]
-                                or [points.new_zeros(0)]).to(torch.float32)  # (M,)
-        self.density.copy_(occupancy_update(self.density, cells, new_density, self.decay, backend))
-        threshold = min(self.threshold, float(self.density.mean().item()))
-        self.pack(threshold, backend)
-
-    def pack(self, threshold: float, backend: str = "torch") -> None:
-        """bitfield = density > threshold, bit b of byte k for cell 8k + b (:func:`pack_bitfield`)."""
-        self.bitfield.copy_(pack_bitfield(self.density, threshold, backend))

@@ -54,6 +54,7 @@ def sample_pdf_torch(bins: torch.Tensor, weights: torch.Tensor, u: torch.Tensor)
     bins: (R, B+1) sorted edges; weights: (R, B) >= 0; u: (R, n) in [0, 1] (sorted rows give sorted samples).
     Returns samples: (R, n).
     """
+    ### BEGIN SOLUTION
     n_bins = weights.shape[-1]
     # pdf_j = (w_j + padding) / total; the cdf divides the running sum by its own last entry, which is the same
     # number mathematically and makes cdf_B exactly 1 in floating point (the kernel does the same).
@@ -76,6 +77,7 @@ def sample_pdf_torch(bins: torch.Tensor, weights: torch.Tensor, u: torch.Tensor)
                            torch.zeros_like(step))  # (R, n)
     fraction = fraction.clamp(0.0, 1.0)  # u = 1 >= cdf_B sits on the far edge
     return torch.minimum(left + fraction * (right - left), right)  # (R, n) never one ulp past the bin
+    ### END SOLUTION
 
 
 def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n_samples: int, *, stratified: bool = False,

@@ -178,3 +178,10 @@ def test_resume_of_a_config_built_in_code_counts_every_field_as_chosen():
     cfg = NetConfig(net_width=32, resume=True)
     with pytest.raises(UserError, match="--net_width 32"):
         resume_config(_checkpoint_of([]), cfg, "01_nerf")
+
+
+def test_resume_may_change_what_is_rendered_at_the_end():
+    checkpoint = _checkpoint_of([])
+    cfg = parse_config(NetConfig, ["--resume", "--video_frames", "3", "--n_test_views", "2", "--camera_path",
+                                   "path.json"], PRESETS)
+    assert resume_config(checkpoint, cfg, "01_nerf") is cfg

@@ -262,3 +262,10 @@ def test_run_main_turns_sigterm_into_a_clean_exit_143_and_restores_the_handler(c
     assert exit_info.value.code == 143 and cleaned_up == [True]
     assert capsys.readouterr().err.strip().startswith("terminated (SIGTERM)")
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_saved_config_rebuilds_the_config_and_cli_options_is_no_flag(capsys):
+    cfg = parse_config(RangedConfig, ["--lr", "0.01"])
+    assert RangedConfig(**vars(cfg)) == cfg  # as notebooks rebuild a run from a checkpoint's config
+    with pytest.raises(SystemExit):
+        parse_config(RangedConfig, ["--cli_options", "x"])

@@ -208,7 +208,7 @@ def test_pack_bitfield_kernel_matches_twin_and_bit_order():
     grid.density.copy_(torch.rand(16 ** 3, generator=torch.Generator().manual_seed(0)))
     grid.density[::7] = float("nan")  # a NaN density is never occupied
     for threshold in (0.0, 0.3, 0.99):
-        grid.pack(threshold, backend="emulated")
+        grid.bitfield.copy_(pack_bitfield(grid.density, threshold, backend="emulated"))
         assert torch.equal(grid.bitfield, pack_bitfield_torch(grid.density, threshold))
         cell = 8 * 5 + 3  # bit 3 of byte 5
         assert ((grid.bitfield[5].item() >> 3) & 1) == int(grid.density[cell].item() > threshold)
@@ -254,31 +254,17 @@ def test_occupancy_update_kernel_matches_twin_decayed_max():
 
     updated = {}
     for backend in ("torch", "emulated"):
-        grid = OccupancyGrid(AABB, resolution=8)
-        grid.density.copy_(density)
-        grid.update(lambda p: torch.zeros(len(p)), generator=torch.Generator().manual_seed(4), backend=backend)
-        updated[backend] = (grid.density.clone(), grid.bitfield.clone())
+        decayed = occupancy_update(density, cells, torch.zeros(100), 0.95, backend=backend)
+        updated[backend] = (decayed, pack_bitfield(decayed, 0.5, backend=backend))
     assert torch.equal(updated["torch"][0], updated["emulated"][0])
     assert torch.equal(updated["torch"][1], updated["emulated"][1])
 
 
-@pytest.mark.parametrize("backend", ["torch", "emulated"])
-def test_grid_update_finds_the_sphere(backend):
-    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=16, threshold=1.0)
-    assert grid.occupancy_fraction() == 1.0  # all occupied at the start
-    generator = torch.Generator().manual_seed(0)
-    grid.update(sphere_density, generator=generator, backend=backend, warmup=True)  # every cell evaluated
-    fraction = grid.occupancy_fraction()
-    sphere_fraction = (4 / 3 * math.pi * 0.5 ** 3) / 8
-    assert 0.5 * sphere_fraction < fraction < 2.5 * sphere_fraction
-    centre_cell = 8 + 8 * 16 + 8 * 16 ** 2
-    corner_cell = 0
-    mask = grid.occupied_mask()
-    assert mask[centre_cell] and not mask[corner_cell]
-    before = grid.density.clone()
-    grid.update(lambda p: torch.zeros(len(p)), n_cells=1024, generator=generator, backend=backend)
-    changed = grid.density != before
-    assert torch.allclose(grid.density[changed], before[changed] * 0.95)  # decayed where re-evaluated
+def test_a_new_grid_is_fully_occupied_and_can_be_reset():
+    grid = OccupancyGrid(AABB, resolution=8)
+    assert grid.occupancy_fraction() == 1.0 and grid.occupied_mask().all()
+    grid.bitfield.zero_()
+    assert grid.occupancy_fraction() == 0.0
     grid.mark_all_occupied()
     assert grid.occupancy_fraction() == 1.0
 
@@ -309,13 +295,15 @@ def test_cuda_march_matches_twin():
 
 @pytest.mark.gpu
 def test_cuda_grid_update_and_packing_match_twin():
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=32).cuda()
+    every_cell = torch.arange(grid.n_cells, device="cuda")
+    first = sphere_density(grid.cell_points(every_cell, torch.Generator(device="cuda").manual_seed(0)))
+    some_cells = torch.randperm(grid.n_cells, device="cuda")[: grid.n_cells // 4].sort().values
+    second = 0.5 * sphere_density(grid.cell_points(some_cells, torch.Generator(device="cuda").manual_seed(1)))
     results = {}
     for backend in ("torch", "cuda"):
-        grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=32, threshold=1.0).cuda()
-        grid.update(sphere_density, generator=torch.Generator(device="cuda").manual_seed(0), backend=backend,
-                    warmup=True)
-        grid.update(lambda p: 0.5 * sphere_density(p), generator=torch.Generator(device="cuda").manual_seed(1),
-                    backend=backend)
-        results[backend] = (grid.density.clone(), grid.bitfield.clone())
+        density = occupancy_update(torch.zeros_like(grid.density), every_cell, first, 0.95, backend=backend)
+        density = occupancy_update(density, some_cells, second, 0.95, backend=backend)
+        results[backend] = (density, pack_bitfield(density, 1.0, backend=backend))
     assert torch.equal(results["torch"][0], results["cuda"][0])
     assert torch.equal(results["torch"][1], results["cuda"][1])

@@ -119,6 +119,22 @@ def test_nerf_bad_option_value_gives_one_line_error(nerf_script, tmp_path, capsy
     assert message.startswith("error:") and "density_activation" in message and "\n" not in message
 
 
+def test_positional_encoding_equals_eq_4_written_out_per_frequency_and_coordinate(nerf_script):
+    """Eq. 4 (without the paper's pi, as in the authors' code): the identity, then for each frequency 2^k the sines
+    of all D coordinates followed by their cosines. Built here term by term in float64 as the closed form."""
+    generator = torch.Generator().manual_seed(0)
+    x = (4.0 * torch.rand(2, 5, 3, generator=generator, dtype=torch.float64) - 2.0)  # (..., D) batch dims kept
+    n_freqs = 6
+    terms = [x]
+    for k in range(n_freqs):
+        terms += [torch.sin(2.0 ** k * x), torch.cos(2.0 ** k * x)]
+    expected = torch.cat(terms, dim=-1)  # (2, 5, 3 (1 + 2 L))
+    encoded = nerf_script.positional_encoding(x, n_freqs)
+    assert encoded.shape == (2, 5, nerf_script.encoding_dim(n_freqs))
+    torch.testing.assert_close(encoded, expected, rtol=0, atol=1e-12)
+    assert torch.equal(nerf_script.positional_encoding(x, 0), x)  # L = 0: the identity alone
+
+
 @pytest.mark.parametrize("backend", ["torch", "emulated"])
 def test_dense_volume_render_equals_the_packed_composite_kernel_forward_and_backward(nerf_script, backend):
     """01 shows Eq. 3 as dense (R, S) tensor code and uses it on the torch path; the other backends run the

@@ -45,6 +45,17 @@ def test_hashnerf_occupied_cells_cover_the_true_surface(hashnerf_script, tmp_pat
     assert occupied[solid].float().mean() > 0.95
     assert occupied.float().mean() < 0.5
 
+    # --export_mesh on the same checkpoint (--render_only): a PLY whose vertices lie near the true surface.
+    from common.mesh import read_ply
+
+    hashnerf_script.main(["--render_only", "--export_mesh", "--mesh_resolution", "64", "--outdir", str(tmp_path),
+                          "--device", "cpu", "--backend", "torch", "--n_test_views", "1", *NO_VIDEO])
+    vertices, faces, _ = read_ply(tmp_path / "mesh.ply")
+    voxel = 3.0 / 63  # the built-in scene box is [-1.5, 1.5]^3
+    assert len(faces) > 500
+    distances = sdf(torch.as_tensor(vertices, dtype=torch.float32)).abs()
+    assert distances.median() < 2 * voxel, float(distances.median())
+
 
 def _train_args(outdir, iters):
     return ["--quick", "--iters", str(iters), "--ckpt_every", "4", "--grid_update_every", "3", "--outdir",
@@ -158,3 +169,50 @@ def test_the_one_level_hash_encoding_on_the_page_equals_each_level_of_the_fast_e
                                                     int(encoding.resolutions[level]))
         torch.testing.assert_close(fast[:, 2 * level:2 * level + 2], reference, rtol=1e-5, atol=1e-6,
                                    msg=f"level {level}")
+
+
+@pytest.mark.parametrize("backend", ["torch", "emulated"])
+def test_grid_policy_carves_a_sphere_then_refreshes_only_the_chosen_cells(hashnerf_script, backend):
+    """update_occupancy_grid (Appendix E.2, on the page in 04): the warm-up evaluates every cell, so a sphere of
+    density is found and empty corners are dropped; after the warm-up G^3/4 cells are re-evaluated, and only
+    those decay (max(0.95 * value, 0) on a field that became empty)."""
+    import math
+
+    from kernels.ray_marching import OccupancyGrid
+
+    cfg = hashnerf_script.Config(grid_warmup=10, grid_decay=0.95, grid_threshold=1.0)
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=16)
+    generator = torch.Generator().manual_seed(0)
+    sphere = lambda p: 20.0 * (p.norm(dim=-1) < 0.5).float()  # noqa: E731
+    hashnerf_script.update_occupancy_grid(grid, 5, cfg, sphere, generator, backend)  # step 5: warm-up
+    sphere_fraction = (4 / 3 * math.pi * 0.5 ** 3) / 8
+    assert 0.5 * sphere_fraction < grid.occupancy_fraction() < 2.5 * sphere_fraction
+    mask = grid.occupied_mask()
+    assert mask[8 + 8 * 16 + 8 * 16 ** 2] and not mask[0]  # the centre cell is occupied, a corner is not
+
+    before = grid.density.clone()
+    hashnerf_script.update_occupancy_grid(grid, 20, cfg, lambda p: torch.zeros(len(p)), generator, backend)
+    changed = grid.density != before
+    assert 0 < int(changed.sum()) <= grid.n_cells // 4
+    torch.testing.assert_close(grid.density[changed], before[changed] * 0.95, rtol=0, atol=0)
+    # half the refreshed cells were drawn among the occupied ones: the sphere's cells are over-represented
+    inside = before > 0
+    assert changed[inside].float().mean() > changed[~inside].float().mean()
+
+
+def test_total_variation_is_zero_on_constant_dense_levels_and_regularises_only_them(hashnerf_script):
+    from kernels.hash_encoding import HashEncoding, is_dense_level
+
+    torch.manual_seed(0)
+    encoding = HashEncoding(n_levels=6, n_features=2, log2_table_size=10, base_resolution=4, max_resolution=64)
+    torch.nn.init.uniform_(encoding.table, -1.0, 1.0)
+    dense = is_dense_level(encoding.resolutions, encoding.table_size)
+    assert dense.any() and not dense.all()
+    loss = hashnerf_script.total_variation(encoding, n_vertices=256, generator=torch.Generator().manual_seed(0))
+    assert loss.item() > 0
+    loss.backward()
+    grad = encoding.table.grad
+    assert grad[dense].abs().sum() > 0 and grad[~dense].abs().sum() == 0  # hashed levels are not regularised
+    with torch.no_grad():
+        encoding.table[dense] = 0.5  # constant on the dense levels, random on the hashed ones
+    assert hashnerf_script.total_variation(encoding, generator=torch.Generator().manual_seed(0)).item() == 0.0

@@ -1,0 +1,140 @@
+"""NeRF (01) against mip-NeRF (02) on multiscale Blender: the same training time each, PSNR and SSIM per scale.
+
+mip-NeRF's claim (Barron et al. 2021, Table 1): a model that reasons about the pixel footprint renders well at
+every scale, where NeRF aliases at the small ones. Here both scripts train for the same wall-clock time:
+  * 01_nerf.py on the single-scale images (the full-resolution level of the multiscale set), as a user would;
+  * 02_mipnerf.py --multiscale on all four scales (1, 1/2, 1/4, 1/8) with the area-ratio loss multipliers;
+then both are scored on the same views of the multiscale test set at each scale (01 through its own renderer with
+each level's intrinsics: `nerf01_view_renderer`). Results: a JSON (per-scale PSNR/SSIM, steps, command, machine)
+and a bar chart in benchmarks/results/.
+
+    python benchmarks/multiscale_01_vs_02.py --scene lego --datadir ../shared/data/nerf_synthetic/lego \\
+        --downscale 4 --minutes 5 --n_views 20
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from benchmarks import machine as machine_info
+from common.checkpoints import latest_checkpoint, load_checkpoint
+from common.evaluation import render_view
+from common.multiscale import evaluate_levels, levels_of, load_multiscale
+
+
+def nerf01_view_renderer(outdir, device: str = "cpu", backend: str = "torch"):
+    """render_view_fn(K, c2w, H, W) for the 01_nerf model of the latest checkpoint in `outdir`: 01 renders
+    whatever camera it is given (one ray through each pixel centre), so it can be scored at any scale."""
+    nerf = importlib.import_module("01_nerf")
+    state = load_checkpoint(latest_checkpoint(outdir), map_location=device)
+    known = {f.name for f in nerf.Config.__dataclass_fields__.values() if f.init}
+    cfg = nerf.Config(**{k: v for k, v in state["config"].items() if k in known})
+    coarse, fine = nerf.NeRFField(cfg).to(device), nerf.NeRFField(cfg).to(device)
+    coarse.load_state_dict(state["coarse"])
+    fine.load_state_dict(state["fine"])
+
+    class _Scene:  # what make_image_renderer reads from a scene
+        near, far = 2.0, 6.0
+
+    render_fn = nerf.make_image_renderer(coarse, fine, _Scene, cfg, backend, 1.0, torch.device(device))
+    return lambda K, c2w, H, W: render_view(render_fn, K, c2w, H, W)
+
+
+def mipnerf02_view_renderer(outdir, device: str = "cpu", backend: str = "torch"):
+    """render_view_fn(K, c2w, H, W) for the 02_mipnerf model of the latest checkpoint in `outdir`."""
+    mip = importlib.import_module("02_mipnerf")
+    state = load_checkpoint(latest_checkpoint(outdir), map_location=device)
+    known = {f.name for f in mip.Config.__dataclass_fields__.values() if f.init}
+    cfg = mip.Config(**{k: v for k, v in state["config"].items() if k in known})
+    mlp = mip.MipMLP(cfg).to(device)
+    mlp.load_state_dict(state["mlp"])
+
+    class _Scene:
+        near, far, white_background = 2.0, 6.0, True
+
+    return mip.make_view_renderer(mlp, _Scene, cfg, backend, "cone", torch.device(device))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scene", default="lego")
+    parser.add_argument("--datadir", default=None)
+    parser.add_argument("--downscale", type=int, default=4, help="level 0 = the source reduced by this (400 px -> 100)")
+    parser.add_argument("--minutes", type=float, default=5.0, help="training time of each script")
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--n_views", type=int, default=20, help="test views per scale (the same for both)")
+    parser.add_argument("--workdir", default="runs/bench_multiscale")
+    parser.add_argument("--machine_note", default="", help="e.g. 'shared with other jobs' (recorded in the JSON)")
+    parser.add_argument("--out", default=None, help="results prefix (default benchmarks/results/multiscale-01-vs-02-...)")
+    args = parser.parse_args(argv)
+    nerf, mip = importlib.import_module("01_nerf"), importlib.import_module("02_mipnerf")
+    work = Path(args.workdir)
+    budget = str(args.minutes * 60)
+    common = ["--scene", args.scene, "--downscale", str(args.downscale), "--preset", args.preset, "--iters", "10000000",
+              "--time_budget_s", budget, "--video_frames", "0", "--n_test_views", "1", "--device", "cpu",
+              "--backend", "torch"] + (["--datadir", args.datadir] if args.datadir else [])
+    runs = {}
+    for name, module, extra in (("02_mipnerf", mip, ["--multiscale", "--multiscale_dir", str(work / "multiscale")]),
+                                ("01_nerf", nerf, [])):
+        outdir = work / name
+        start = time.perf_counter()
+        module.main(common + extra + ["--outdir", str(outdir)])
+        steps = load_checkpoint(latest_checkpoint(outdir))["step"]
+        runs[name] = dict(outdir=str(outdir), steps=int(steps), wall_s=round(time.perf_counter() - start, 1))
+
+    test_levels = levels_of(load_multiscale(work / "multiscale", splits=("test",)), "test")
+    results = {}
+    for name, make in (("01_nerf", nerf01_view_renderer), ("02_mipnerf", mipnerf02_view_renderer)):
+        metrics = evaluate_levels(make(work / name), test_levels, work / name / "multiscale_test", n_views=args.n_views,
+                                  near=2.0, far=6.0)
+        results[name] = dict(mean_psnr=metrics["mean_psnr"], mean_ssim=metrics["mean_ssim"],
+                             per_scale=metrics["per_scale"], **runs[name])
+        print(name, " ".join(f"1/{2 ** s['label']}: {s['psnr']:.2f} dB" for s in metrics["per_scale"]))
+
+    machine = machine_info.describe_machine("cpu")
+    summary = dict(benchmark="multiscale_01_vs_02", scene=args.scene, downscale=args.downscale,
+                   level_sizes=[s["width"] for s in results["02_mipnerf"]["per_scale"]], minutes_each=args.minutes,
+                   preset=args.preset, n_views_per_scale=args.n_views, results=results, machine=machine,
+                   machine_note=args.machine_note,
+                   software=machine_info.software_versions(), git=machine_info.git_revision(),
+                   command=machine_info.command_line(), date=machine_info.iso_now())
+    prefix = Path(args.out) if args.out else machine_info.RESULTS_DIR / (
+        f"multiscale-01-vs-02-{args.scene}-{machine_info.device_slug(machine)}-{machine_info.timestamp()}")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{prefix}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(results, Path(f"{prefix}.png"), f"{args.scene}, {args.minutes:g} min each, {machine['cpu_model']} (shared)")
+    print(f"results: {prefix}.json, {prefix}.png")
+    return summary
+
+
+def plot(results: dict, path: Path, title: str) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 3.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for offset, (name, result) in zip((-0.2, 0.2), results.items()):
+        scales = result["per_scale"]
+        axes.bar([i + offset for i in range(len(scales))], [s["psnr"] for s in scales], width=0.4, label=name)
+    axes.set_xticks(range(4), ["1", "1/2", "1/4", "1/8"])
+    axes.set_xlabel("test scale")
+    axes.set_ylabel("PSNR (dB)")
+    axes.set_title(title, fontsize=9)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()
