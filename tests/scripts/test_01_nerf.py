@@ -139,7 +139,7 @@ def test_positional_encoding_equals_eq_4_written_out_per_frequency_and_coordinat
 def test_dense_volume_render_equals_the_packed_composite_kernel_forward_and_backward(nerf_script, backend):
     """01 shows Eq. 3 as dense (R, S) tensor code and uses it on the torch path; the other backends run the
     packed kernel of kernels/compositing.cu. Both must give the same weights, colour, opacity, depth and
-    gradients, with the |d| of non-unit ray directions in delta."""
+    gradients."""
     from kernels import starts_from_counts
     from kernels.compositing import composite
 
@@ -148,9 +148,8 @@ def test_dense_volume_render_equals_the_packed_composite_kernel_forward_and_back
     t_vals = torch.sort(2.0 + 4.0 * torch.rand(n_rays, n_samples, generator=generator), dim=-1).values
     sigma = (3.0 * torch.rand(n_rays, n_samples, generator=generator)).requires_grad_()
     rgb = torch.rand(n_rays, n_samples, 3, generator=generator).requires_grad_()
-    ray_norms = 1.0 + 0.3 * torch.rand(n_rays, generator=generator)  # corner pixels have |d| > 1
 
-    dense = nerf_script.volume_render(sigma, rgb, t_vals, far, ray_norms)
+    dense = nerf_script.volume_render(sigma, rgb, t_vals, far)
     color_grad = torch.rand(n_rays, 3, generator=generator)
     (dense["color"] * color_grad).sum().backward()
     dense_grads = sigma.grad.clone(), rgb.grad.clone()
@@ -159,7 +158,7 @@ def test_dense_volume_render_equals_the_packed_composite_kernel_forward_and_back
     t_ends = torch.cat([t_vals[:, 1:], torch.full((n_rays, 1), far)], dim=-1)
     counts = torch.full((n_rays,), n_samples, dtype=torch.int32)
     weights, opacity, color, depth = composite(
-        (sigma * ray_norms[:, None]).reshape(-1), rgb.reshape(-1, 3), t_vals.reshape(-1).contiguous(),
+        sigma.reshape(-1), rgb.reshape(-1, 3), t_vals.reshape(-1).contiguous(),
         t_ends.reshape(-1).contiguous(), starts_from_counts(counts), counts, backend=backend)
     (color * color_grad).sum().backward()
 
