@@ -79,12 +79,12 @@ PRESETS = {
     # The same method sized for about 10 minutes on two CPU cores: a narrower, shallower MLP, fewer samples and
     # rays per step, so that a few thousand steps fit. Small networks tolerate (and need, to learn within a few
     # thousand steps) a learning rate ten times the paper's. softplus density: see NeRFField.
-    "cpu": dict(iters=2500, net_depth=6, net_width=96, n_coarse=32, n_fine=32, batch_rays=512, chunk=4096,
+    "cpu": dict(iters=2500, net_depth=6, net_width=96, n_coarse=32, n_fine=32, batch_rays=512, chunk=1024,
                 precrop_iters=250, lr=3e-3, lr_final=3e-4, density_activation="softplus", ckpt_every=500,
                 video_frames=40, log_every=25),
     # One to two minutes on two CPU cores, above 24 dB on the built-in scene's test views.
     "quick": dict(iters=1000, net_depth=4, net_width=64, pos_freqs=8, n_coarse=32, n_fine=32, batch_rays=512,
-                  chunk=4096, precrop_iters=0, lr=5e-3, lr_final=5e-4, density_activation="softplus",
+                  chunk=1024, precrop_iters=0, lr=5e-3, lr_final=5e-4, density_activation="softplus",
                   ckpt_every=500, video_frames=20, log_every=20, n_test_views=4),
 }
 

@@ -91,11 +91,11 @@ PRESETS = {
     # grid also forgets faster (decay 0.8, every 8 steps): until it carves out empty space, every ray takes
     # its full quota of samples, the expensive phase, which 0.95 every 16 steps would stretch over ~400 steps.
     "cpu": dict(iters=2000, n_levels=12, log2_table_size=16, max_resolution=512, grid_resolution=64,
-                steps_per_diagonal=256, max_samples=256, batch_rays=1024, chunk=4096, grid_warmup=64,
+                steps_per_diagonal=256, max_samples=256, batch_rays=1024, chunk=1024, grid_warmup=64,
                 grid_update_every=8, grid_decay=0.8, ckpt_every=500, video_frames=40, log_every=25),
     # About a minute on two CPU cores; above 26 dB on the built-in scene's test views.
     "quick": dict(iters=500, n_levels=8, log2_table_size=15, max_resolution=256, grid_resolution=32,
-                  steps_per_diagonal=128, max_samples=128, batch_rays=1024, chunk=4096, grid_warmup=64,
+                  steps_per_diagonal=128, max_samples=128, batch_rays=1024, chunk=1024, grid_warmup=64,
                   grid_update_every=8, grid_decay=0.8, lr_final=1e-3, ckpt_every=250, video_frames=20,
                   log_every=20, n_test_views=4),
 }
