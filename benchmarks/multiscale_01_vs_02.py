@@ -75,7 +75,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--workdir", default="runs/bench_multiscale")
     parser.add_argument("--machine_note", default="", help="e.g. 'shared with other jobs' (recorded in the JSON)")
     parser.add_argument("--out", default=None, help="results prefix (default benchmarks/results/multiscale-01-vs-02-...)")
+    parser.add_argument("--picture_only", action="store_true",
+                        help="train nothing: draw <out>-views.png from the test renders already in --workdir")
+    parser.add_argument("--picture_views", type=int, nargs="+", default=[0, 105],
+                        help="test views drawn in <out>-views.png")
     args = parser.parse_args(argv)
+    if args.picture_only:
+        if not args.out:
+            parser.error("--picture_only needs --out (the prefix of the results it belongs to)")
+        print(views_picture(Path(args.workdir), Path(f"{args.out}-views.png"), args.picture_views))
+        return {}
     nerf, mip = importlib.import_module("01_nerf"), importlib.import_module("02_mipnerf")
     work = Path(args.workdir)
     budget = str(args.minutes * 60)
@@ -111,8 +120,9 @@ def main(argv=None) -> dict:
         f"multiscale-01-vs-02-{args.scene}-{machine_info.device_slug(machine)}-{machine_info.timestamp()}")
     prefix.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{prefix}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(results, Path(f"{prefix}.png"), f"{args.scene}, {args.minutes:g} min each, {machine['cpu_model']} (shared)")
-    print(f"results: {prefix}.json, {prefix}.png")
+    plot(results, Path(f"{prefix}.png"), f"{args.scene}, {args.minutes:g} min each, {machine['cpu_model']}" + (f" ({args.machine_note})" if args.machine_note else ""))
+    views_picture(work, Path(f"{prefix}-views.png"), args.picture_views)
+    print(f"results: {prefix}.json, {prefix}.png, {prefix}-views.png")
     return summary
 
 
@@ -131,6 +141,37 @@ def plot(results: dict, path: Path, title: str) -> Path:
     axes.set_ylabel("PSNR (dB)")
     axes.set_title(title, fontsize=9)
     axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+def views_picture(work: Path, path: Path, views: list[int]) -> Path:
+    """Truth, 01 and 02 side by side at every scale for a few test views, each image enlarged to the size of the
+    largest with nearest-neighbour pixels (so the small scales show their pixels, and 01's aliasing)."""
+    import imageio.v3 as iio
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [(view, label, work / name / "multiscale_test" / f"{prefix}_{view:03d}")
+            for view in views for label, name, prefix in (("truth", "02_mipnerf", "gt"), ("01 NeRF", "01_nerf", "rgb"),
+                                                          ("02 mip-NeRF", "02_mipnerf", "rgb"))]
+    figure = Figure(figsize=(8, 2.0 * len(rows)), dpi=100)
+    FigureCanvasAgg(figure)
+    for r, (view, label, stem) in enumerate(rows):
+        for scale in range(4):
+            axes = figure.add_subplot(len(rows), 4, r * 4 + scale + 1)
+            image_path = Path(f"{stem}_d{scale}.png")
+            if not image_path.is_file():
+                raise SystemExit(f"error: {image_path} is missing: run the benchmark first (or pass views it scored "
+                                 f"with --picture_views)")
+            axes.imshow(iio.imread(image_path), interpolation="nearest")
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if r == 0:
+                axes.set_title(["1", "1/2", "1/4", "1/8"][scale])
+            if scale == 0:
+                axes.set_ylabel(f"{label}\nview {view}", fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
     return path
