@@ -343,6 +343,26 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def write_blender_split(root: Path, split: str, images: torch.Tensor, poses: torch.Tensor, header: dict) -> None:
+    """Write one split in the Blender layout: `<split>/r_<i>.png` from images (N, H, W, 3 or 4) in [0, 1] and
+    `transforms_<split>.json` = header + frames (file_path, transform_matrix from poses (N, 4, 4)), each file
+    atomically."""
+    import io
+
+    from PIL import Image
+
+    pixels = (images * 255.0).round().to(torch.uint8).numpy()
+    (root / split).mkdir(exist_ok=True)
+    frames = []
+    for i, (image, pose) in enumerate(zip(pixels, poses)):
+        png = io.BytesIO()
+        Image.fromarray(image).save(png, format="PNG")
+        _atomic_write_bytes(root / split / f"r_{i}.png", png.getvalue())
+        frames.append({"file_path": f"./{split}/r_{i}", "transform_matrix": pose.tolist()})
+    transforms = {**header, "frames": frames}
+    _atomic_write_bytes(root / f"transforms_{split}.json", json.dumps(transforms, indent=2).encode())
+
+
 def write_builtin_scene(
     root, n_train: int = 100, n_val: int = 8, n_test: int = 8, resolution: int = DEFAULT_RESOLUTION
 ) -> Path:
@@ -352,26 +372,13 @@ def write_builtin_scene(
     (camera_angle_x, frames with file_path and transform_matrix) and, last, the version stamp
     `builtin_scene_version.json`. Deterministic: the same arguments give the same bytes.
     """
-    import io
-
-    from PIL import Image
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     (root / STAMP_FILE).unlink(missing_ok=True)  # half-written data must not look complete
     focal = 0.5 * resolution / math.tan(0.5 * CAMERA_ANGLE_X)
     for split, poses in camera_poses(n_train, n_val, n_test).items():
         images = render_views(poses, resolution, resolution, focal)  # (N, H, W, 4)
-        pixels = (images * 255.0).round().to(torch.uint8).numpy()
-        (root / split).mkdir(exist_ok=True)
-        frames = []
-        for i, (image, pose) in enumerate(zip(pixels, poses)):
-            png = io.BytesIO()
-            Image.fromarray(image).save(png, format="PNG")
-            _atomic_write_bytes(root / split / f"r_{i}.png", png.getvalue())
-            frames.append({"file_path": f"./{split}/r_{i}", "transform_matrix": pose.tolist()})
-        transforms = {"camera_angle_x": CAMERA_ANGLE_X, "frames": frames}
-        _atomic_write_bytes(root / f"transforms_{split}.json", json.dumps(transforms, indent=2).encode())
+        write_blender_split(root, split, images, poses, {"camera_angle_x": CAMERA_ANGLE_X})
     stamp = _stamp(resolution, n_train, n_val, n_test)
     _atomic_write_bytes(root / STAMP_FILE, json.dumps(stamp).encode())
     return root

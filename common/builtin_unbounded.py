@@ -14,7 +14,6 @@ of the world and the cameras leaves every image unchanged; it plays the part of 
 normalisation (cameras inside [-1, 1]^3 after `transform_poses_pca`), so that the objects lie inside the unit ball
 that the scene contraction leaves untouched and the sky in the contracted shell (contract(10) has norm 1.9).
 """
-import io
 import json
 import math
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 from common import builtin_scene
-from common.builtin_scene import STAMP_FILE, _atomic_write_bytes, camera_poses, render_views
+from common.builtin_scene import STAMP_FILE, _atomic_write_bytes, camera_poses, render_views, write_blender_split
 from common.rays import rays_through_pixels
 
 # Bump when anything below changes: `ensure_unbounded_scene` regenerates data stamped with another version.
@@ -103,8 +102,6 @@ def write_unbounded_scene(root, n_train: int = 60, n_val: int = 4, n_test: int =
                           resolution: int = DEFAULT_RESOLUTION) -> Path:
     """Render the scene and write it in the Blender layout under `root` (opaque RGBA PNGs, poses scaled by
     WORLD_SCALE), the version stamp last. Deterministic. Returns root."""
-    from PIL import Image
-
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     (root / STAMP_FILE).unlink(missing_ok=True)
@@ -112,18 +109,9 @@ def write_unbounded_scene(root, n_train: int = 60, n_val: int = 4, n_test: int =
     for split, poses in camera_poses(n_train, n_val, n_test).items():
         rgb, _ = render_unbounded_views(poses, resolution, resolution, focal)
         rgba = torch.cat([rgb, torch.ones_like(rgb[..., :1])], dim=-1)  # opaque: alpha 1 everywhere
-        pixels = (rgba * 255.0).round().to(torch.uint8).numpy()
-        (root / split).mkdir(exist_ok=True)
-        frames = []
-        for i, (image, pose) in enumerate(zip(pixels, poses)):
-            png = io.BytesIO()
-            Image.fromarray(image).save(png, format="PNG")
-            _atomic_write_bytes(root / split / f"r_{i}.png", png.getvalue())
-            scaled = pose.clone()
-            scaled[:3, 3] *= WORLD_SCALE
-            frames.append({"file_path": f"./{split}/r_{i}", "transform_matrix": scaled.tolist()})
-        transforms = {"camera_angle_x": CAMERA_ANGLE_X, "world_scale": WORLD_SCALE, "frames": frames}
-        _atomic_write_bytes(root / f"transforms_{split}.json", json.dumps(transforms, indent=2).encode())
+        scaled = poses.clone()
+        scaled[:, :3, 3] *= WORLD_SCALE
+        write_blender_split(root, split, rgba, scaled, {"camera_angle_x": CAMERA_ANGLE_X, "world_scale": WORLD_SCALE})
     _atomic_write_bytes(root / STAMP_FILE, json.dumps(_stamp(resolution, n_train, n_val, n_test)).encode())
     return root
 
