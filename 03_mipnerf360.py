@@ -49,6 +49,7 @@ from common.training import TrainingRun, check_finite, prepare_run, seed_everyth
 from common.video import colorize_depth, write_video
 from kernels.backend import resolve_backend
 from kernels.distortion_loss import distortion_loss as distortion_loss_kernel
+from kernels.sampling import invert_cdf
 
 PAPER_BATCH_RAYS = 16384
 
@@ -293,11 +294,13 @@ def anneal_power(train_frac: float, slope: float) -> float:
 
 
 def sample_intervals(sdist: torch.Tensor, logits: torch.Tensor, n: int, perturb: bool,
-                     generator: torch.Generator | None) -> torch.Tensor:
+                     generator: torch.Generator | None, backend: str = "torch") -> torch.Tensor:
     """Draw n interval *centres* from the histogram softmax(logits) over [s_i, s_{i+1}] by inverting its
     piecewise-linear CDF, then return the n + 1 interval ends: midpoints between centres, the first and last
     end reflected about the first and last centre, clipped to [0, 1] (multinerf `sample_intervals`).
     Training draws u on a regular grid shifted by one jitter per ray; evaluation uses the stratum centres.
+    backend "cuda" / "emulated" inverts the CDF with kernels/sampling.cu (one thread per ray walks bins and u
+    together; the same numbers as `interp` here, tested equal); "torch" uses `interp` below.
     sdist: (R, S+1); logits: (R, S). Returns (R, n+1), sorted."""
     R = sdist.shape[0]
     w = torch.softmax(logits, dim=-1)  # (R, S)
@@ -311,7 +314,10 @@ def sample_intervals(sdist: torch.Tensor, logits: torch.Tensor, n: int, perturb:
     else:
         pad = 1 / (2 * n)
         u = torch.linspace(pad, 1 - pad - eps, n, device=sdist.device).expand(R, n)
-    centres = interp(u.contiguous(), cdf, sdist)  # (R, n)
+    if backend == "torch":
+        centres = interp(u.contiguous(), cdf, sdist)  # (R, n)
+    else:  # the same inverse CDF of the histogram w (no padding: softmax already sums to 1)
+        centres = invert_cdf(sdist.detach().float(), w.detach().float(), u.float(), backend, padding=0.0)
     mid = (centres[:, 1:] + centres[:, :-1]) / 2
     first, last = 2 * centres[:, :1] - mid[:, :1], 2 * centres[:, -1:] - mid[:, -1:]
     return torch.cat([first, mid, last], dim=-1).clamp(0.0, 1.0)
@@ -391,7 +397,8 @@ def pixel_radii(K: torch.Tensor) -> float:
 
 
 def render_rays(prop_mlp: MipMLP, nerf_mlp: MipMLP, rays_o: torch.Tensor, rays_d: torch.Tensor, radius: float,
-                cfg: Config, train_frac: float, perturb: bool, generator: torch.Generator | None = None) -> dict:
+                cfg: Config, train_frac: float, perturb: bool, generator: torch.Generator | None = None,
+                backend: str = "torch") -> dict:
     """From rays (R, 3) to colours (Sec. 3). Start from one interval s in [0, 1] with weight 1; each round dilates
     the previous histogram, anneals it, draws new intervals from it (no gradient through their ends), casts
     their Gaussians, contracts them and queries an MLP; the proposal MLP for the rounds of n_prop_samples,
@@ -414,7 +421,7 @@ def render_rays(prop_mlp: MipMLP, nerf_mlp: MipMLP, rays_o: torch.Tensor, rays_d
         usable = (sdist[:, 1:] > sdist[:, :-1]) & (weights + cfg.resample_padding > 0)
         logits = anneal_power(train_frac, cfg.anneal_slope) * torch.log((weights + cfg.resample_padding).clamp(min=NORM_EPS))
         logits = torch.where(usable, logits, torch.full_like(logits, -math.inf))
-        sdist = sample_intervals(sdist, logits, n, perturb, generator).detach()  # (R, n+1), stop-gradient
+        sdist = sample_intervals(sdist, logits, n, perturb, generator, backend).detach()  # (R, n+1), stop-gradient
         tdist = s_to_t(sdist, cfg.near, cfg.far)  # (R, n+1) metric distances
         mean, cov = conical_frustum_to_gaussian(rays_d, tdist[:, :-1], tdist[:, 1:], radii)  # (R,n,3), (R,n,3,3)
         mean, cov = contract_gaussian(rays_o[:, None, :] + mean, cov)
@@ -474,7 +481,7 @@ def compute_losses(out: dict, target: torch.Tensor, cfg: Config, backend: str = 
 def train(cfg: Config) -> dict:
     """Train the proposal and NeRF MLPs; evaluate on the test split; write pictures and videos. Returns the metrics."""
     device = resolve_device(cfg.device)
-    backend = resolve_backend(cfg.backend, device)  # for the distortion-loss kernel; everything else is PyTorch
+    backend = resolve_backend(cfg.backend, device)  # resampling and distortion-loss kernels; the rest is PyTorch
     seed_everything(cfg.seed)
     if (Path(cfg.scene) / "poses_bounds.npy").is_file():  # a 360 capture: PCA-normalised poses, no NDC
         scene = load_llff360(cfg.scene, downscale=cfg.downscale)
@@ -490,7 +497,7 @@ def train(cfg: Config) -> dict:
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.mixed_precision and device.type == "cuda")
     generator = torch.Generator().manual_seed(cfg.seed)  # CPU generator: the same rays on every device
-    render_fn = make_image_renderer(prop_mlp, nerf_mlp, radius, cfg, device)
+    render_fn = make_image_renderer(prop_mlp, nerf_mlp, radius, cfg, device, backend)
 
     def save_state() -> dict:
         return dict(prop_mlp=prop_mlp.state_dict(), nerf_mlp=nerf_mlp.state_dict(), optimizer=optimizer.state_dict(),
@@ -516,7 +523,7 @@ def train(cfg: Config) -> dict:
             # multinerf's train_frac = (step - 1) / (max_steps - 1): 0 at the first step, 1 at the last.
             train_frac = train_progress(cfg, step - 1, run.elapsed(), cfg.iters - 1)
             out = render_rays(prop_mlp, nerf_mlp, rays_o, rays_d, radius, cfg, train_frac, perturb=True,
-                              generator=generator)
+                              generator=generator, backend=backend)
             losses = compute_losses(out, target_rgb, cfg, backend)
 
             lr = learning_rate(cfg, step, run.elapsed())
@@ -548,13 +555,14 @@ def train(cfg: Config) -> dict:
 # ================================================================================================
 # Evaluation helpers (thin: the work is in common/evaluation.py)
 # ================================================================================================
-def make_image_renderer(prop_mlp, nerf_mlp, radius: float, cfg: Config, device):
+def make_image_renderer(prop_mlp, nerf_mlp, radius: float, cfg: Config, device, backend: str = "torch"):
     """A function (rays_o, rays_d) -> {'rgb', 'depth', 'opacity'} for whole images: deterministic samples, and
     the annealing finished (train_frac = 1)."""
 
     @torch.no_grad()
     def render_fn(rays_o: torch.Tensor, rays_d: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = render_rays(prop_mlp, nerf_mlp, rays_o.to(device), rays_d.to(device), radius, cfg, 1.0, perturb=False)
+        out = render_rays(prop_mlp, nerf_mlp, rays_o.to(device), rays_d.to(device), radius, cfg, 1.0, perturb=False,
+                          backend=backend)
         return {key: out[key].cpu() for key in ("rgb", "depth", "opacity")}
 
     render_fn.chunk = cfg.chunk

@@ -48,17 +48,20 @@ def draw_u(n_rays: int, n_samples: int, *, stratified: bool = False, generator: 
     return (strata + jitter.to(device)) / n_samples  # (R, n); (k + U) / n < (k + 1) / n keeps rows sorted
 
 
-def sample_pdf_torch(bins: torch.Tensor, weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def sample_pdf_torch(bins: torch.Tensor, weights: torch.Tensor, u: torch.Tensor,
+                     padding: float = PDF_PADDING) -> torch.Tensor:
     """Reference inverse-CDF sampling (NeRF Sec. 5.2) in plain PyTorch, any floating dtype.
 
-    bins: (R, B+1) sorted edges; weights: (R, B) >= 0; u: (R, n) in [0, 1] (sorted rows give sorted samples).
+    bins: (R, B+1) sorted edges; weights: (R, B) >= 0; u: (R, n) in [0, 1] (sorted rows give sorted samples);
+    padding: added to every weight (PDF_PADDING for NeRF's coarse weights; 0 for a histogram that already sums
+    to 1 with no empty ray, as mip-NeRF 360's proposal histograms).
     Returns samples: (R, n).
     """
     ### BEGIN SOLUTION
     n_bins = weights.shape[-1]
     # pdf_j = (w_j + padding) / total; the cdf divides the running sum by its own last entry, which is the same
     # number mathematically and makes cdf_B exactly 1 in floating point (the kernel does the same).
-    running = torch.cumsum(weights + PDF_PADDING, dim=-1)  # (R, B)  sum_{k<=j} (w_k + padding)
+    running = torch.cumsum(weights + padding, dim=-1)  # (R, B)  sum_{k<=j} (w_k + padding)
     cdf = running / running[:, -1:]  # (R, B)  cdf_1 .. cdf_B
     cdf = torch.cat([torch.zeros_like(cdf[:, :1]), cdf], dim=-1)  # (R, B+1) cdf_0 = 0
 
@@ -110,13 +113,16 @@ def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n_samples: int, *, str
     bins, weights = bins.detach(), weights.detach()
     u = draw_u(n_rays, n_samples, stratified=stratified, generator=generator, device=bins.device,
                dtype=bins.dtype)  # (R, n)
-    return _invert_cdf(bins, weights, u, backend)
+    return invert_cdf(bins, weights, u, backend)
 
 
-def _invert_cdf(bins: torch.Tensor, weights: torch.Tensor, u: torch.Tensor, backend: str) -> torch.Tensor:
-    """The samples at the CDF values u (R, n), sorted per row in [0, 1], on one backend. Returns (R, n)."""
+def invert_cdf(bins: torch.Tensor, weights: torch.Tensor, u: torch.Tensor, backend: str,
+               padding: float = PDF_PADDING) -> torch.Tensor:
+    """The samples at given CDF values u (R, n), sorted per row in [0, 1], on one backend: for callers that
+    draw their own u (mip-NeRF 360's one jitter per ray). bins (R, B+1), weights (R, B) as in sample_pdf;
+    padding as in sample_pdf_torch. Returns (R, n); no gradient."""
     if backend == "torch":
-        return sample_pdf_torch(bins, weights, u)
+        return sample_pdf_torch(bins, weights, u, padding)
     if backend not in kernel_backend.BACKENDS:
         raise kernel_backend.BackendError(
             f"unknown backend {backend!r}: choose one of {', '.join(kernel_backend.BACKENDS)}")
@@ -131,5 +137,5 @@ def _invert_cdf(bins: torch.Tensor, weights: torch.Tensor, u: torch.Tensor, back
     if n_samples > 0:
         kernel_backend.launch(MODULE, "sample_pdf", n_rays,
                               (bins, weights, u, np.int32(n_rays), np.int32(weights.shape[1]), np.int32(n_samples),
-                               np.float32(PDF_PADDING), samples), backend)
+                               np.float32(padding), samples), backend)
     return samples

@@ -13,7 +13,7 @@ difference in the cdf (float32 sums in the kernel, float64-accumulated cumsum in
 import pytest
 import torch
 
-from kernels.sampling import PDF_PADDING, _invert_cdf, draw_u, sample_pdf, sample_pdf_torch
+from kernels.sampling import PDF_PADDING, draw_u, invert_cdf, sample_pdf, sample_pdf_torch
 
 POSITION_TOL = dict(rtol=1e-5, atol=2e-5)
 
@@ -217,7 +217,7 @@ def test_u_equal_to_one_lands_on_the_far_edge_without_reading_past_the_ray(backe
     bins, weights = random_bins(5, 7, zero_fraction=0.3, seed=8)
     u = torch.tensor([0.0, 0.25, 0.5, 1.0]).expand(5, 4).contiguous()  # (R, n) the last u of every ray is 1
     bins, weights, u = with_nan_guard(bins), with_nan_guard(weights), with_nan_guard(u)
-    samples = _invert_cdf(bins, weights, u, backend)  # (R, n)
+    samples = invert_cdf(bins, weights, u, backend)  # (R, n)
     assert torch.isfinite(samples).all(), "read past the last ray's arrays"
     assert torch.equal(samples[:, -1], bins[:, -1])  # u = 1: exactly the far edge
     assert torch.equal(samples[:, 0], bins[:, 0])  # u = 0: exactly the near edge

@@ -244,3 +244,42 @@ def test_losses_on_the_emulated_distortion_kernel_equal_the_readable_ones(m):
     target = torch.rand(16, 3, generator=g)
     readable, kernel = m.compute_losses(out, target, cfg), m.compute_losses(out, target, cfg, "emulated")
     torch.testing.assert_close(kernel["distortion"], readable["distortion"], rtol=1e-5, atol=1e-7)
+
+
+# --- resampling from the proposal histogram on kernels/sampling.cu ------------------------------------------------
+@pytest.mark.parametrize("perturb", [True, False])
+def test_resampling_on_the_emulated_kernel_equals_the_readable_interp(m, perturb):
+    """sample_intervals inverts the histogram's CDF with `interp` (torch) or with kernels/sampling.cu (the same .cu
+    that runs through CuPy on a GPU, here compiled for the CPU): the interval ends must agree, including rays whose
+    histogram has empty (zero-weight, logit -inf) and zero-width intervals."""
+    g = torch.Generator().manual_seed(5)
+    R, S, n = 64, 24, 17
+    sdist = torch.sort(torch.rand(R, S + 1, generator=g), -1).values
+    sdist[:, 0], sdist[:, -1] = 0.0, 1.0
+    sdist[:4, 5] = sdist[:4, 4]  # zero-width intervals on some rays
+    logits = torch.randn(R, S, generator=g) * 3
+    logits[::3, 2:9] = -math.inf  # empty stretches
+    readable = m.sample_intervals(sdist, logits, n, perturb, torch.Generator().manual_seed(1))
+    kernel = m.sample_intervals(sdist, logits, n, perturb, torch.Generator().manual_seed(1), backend="emulated")
+    assert readable.shape == kernel.shape == (R, n + 1)
+    torch.testing.assert_close(kernel, readable, rtol=0, atol=2e-5)
+    # Not trivially equal: the ends follow the histogram, so a shuffled histogram gives other ends.
+    shuffled = m.sample_intervals(sdist, logits.flip(-1), n, perturb, torch.Generator().manual_seed(1), backend="emulated")
+    assert (shuffled - readable).abs().max() > 0.05
+
+
+def test_render_rays_on_the_emulated_kernels_equals_torch(m):
+    from common.cli import parse_config
+
+    cfg = parse_config(m.Config, ["--quick"], presets=m.PRESETS)
+    torch.manual_seed(0)
+    prop = m.MipMLP(cfg.prop_depth, cfg.prop_width, cfg, with_rgb=False)
+    nerf = m.MipMLP(cfg.nerf_depth, cfg.nerf_width, cfg, with_rgb=True)
+    g = torch.Generator().manual_seed(0)
+    rays_o, rays_d = torch.randn(48, 3, generator=g) * 0.1, torch.randn(48, 3, generator=g)
+    outs = [m.render_rays(prop, nerf, rays_o, rays_d, 0.002, cfg, 0.7, perturb=True,
+                          generator=torch.Generator().manual_seed(2), backend=backend)
+            for backend in ("torch", "emulated")]
+    for (s_torch, w_torch), (s_kernel, w_kernel) in zip(outs[0]["levels"], outs[1]["levels"]):
+        torch.testing.assert_close(s_kernel, s_torch, rtol=0, atol=5e-5)
+    torch.testing.assert_close(outs[1]["rgb"], outs[0]["rgb"], rtol=0, atol=1e-4)
