@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from common.datasets import Scene, Split, composite_on_background
 from common.metrics import psnr, ssim
-from common.paths import load_camera_path, spherical_path
+from common.paths import default_video_path, load_camera_path
 from common.rays import get_rays, render_image
 from common.training import write_json
 from common.video import colorize_depth, save_image, write_video
@@ -75,14 +75,13 @@ def evaluate_split(render_fn, split: Split, outdir: Path | None, n_views: int | 
 
 def render_path_videos(render_fn, scene: Scene, outdir: Path, n_frames: int, fps: int = 24,
                        poses: torch.Tensor | None = None, name: str = "video") -> list[Path]:
-    """Fly a camera path and write two videos, colour and colourised depth: `poses` (N, 4, 4) if given, else a
-    spherical path of n_frames around the object at the training cameras' mean radius. The intrinsics are the
+    """Fly a camera path and write two videos, colour and colourised depth: `poses` (N, 4, 4) if given, else
+    `default_video_path` (around the object of a Blender scene, or along the arc of a capture). The intrinsics are the
     first training camera's. Returns the paths written (<name>_rgb.mp4 / <name>_depth.mp4, or gif where no mp4
     writer is available)."""
     cams = scene.splits["train"].cameras
     if poses is None:
-        radius = float(cams.c2w[:, :3, 3].norm(dim=-1).mean())
-        poses = spherical_path(n_frames, radius=radius)
+        poses = default_video_path(cams.c2w, n_frames)
     rgb_frames, depth_frames = [], []
     for c2w in tqdm(poses, desc=f"rendering {name}", leave=False):
         out = render_view(render_fn, cams.K[0], c2w, cams.height, cams.width)
@@ -96,7 +95,7 @@ def render_path_videos(render_fn, scene: Scene, outdir: Path, n_frames: int, fps
 def final_evaluation(render_fn, scene: Scene, outdir: Path, n_test_views: int, video_frames: int,
                      background: float, camera_path: str | None = None, **facts) -> dict:
     """What every script does after training: score the test views (pictures and metrics.json in <outdir>/test),
-    print the result, and fly the spherical-path videos. `facts` (iters, backend, ...) are added to the metrics."""
+    print the result, and fly the default video path (`default_video_path`). `facts` (iters, backend, ...) are added to the metrics."""
     metrics = evaluate_split(render_fn, scene.splits["test"], Path(outdir) / "test", n_views=n_test_views or None,
                              background=background, near=scene.near, far=scene.far, scene=scene.name, **facts)
     print(f"test: PSNR {metrics['mean_psnr']:.2f} dB, SSIM {metrics['mean_ssim']:.4f} "

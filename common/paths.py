@@ -96,22 +96,32 @@ def focus_point(c2w: torch.Tensor) -> torch.Tensor:
     """The point closest, in the least-squares sense, to every camera's optical axis (the line through the
     camera centre along its viewing direction -z): argmin_p sum_i |(I - d_i d_i^T)(p - o_i)|^2, i.e. the
     solution of sum_i (I - d_i d_i^T) p = sum_i (I - d_i d_i^T) o_i. For cameras around an object, what they
-    look at. c2w: (N, 4, 4), at least two non-parallel axes. Returns (3,) float32."""
+    look at. c2w: (N, 4, 4). Returns (3,) float32."""
     c2w = c2w.double()
     dirs = -c2w[:, :3, 2] / c2w[:, :3, 2].norm(dim=-1, keepdim=True)  # (N, 3) viewing directions
     projectors = torch.eye(3, dtype=torch.float64) - dirs[:, :, None] * dirs[:, None, :]  # (N, 3, 3)
     lhs = projectors.sum(dim=0)
     rhs = (projectors @ c2w[:, :3, 3, None]).sum(dim=0)  # (3, 1)
-    return torch.linalg.solve(lhs, rhs)[:, 0].float()
+    # The pseudo-inverse: when every axis is parallel (one camera, or a still capture) the system is singular and
+    # any point of the common axis fits; this picks the one nearest the origin instead of failing.
+    return (torch.linalg.pinv(lhs) @ rhs)[:, 0].float()
+
+
+# A capture whose cameras leave a gap of more than this around the focus point (seen from above) does not
+# surround it: its orbit sweeps only the arc the cameras cover, since behind the gap nothing was ever seen.
+ORBIT_MAX_GAP = math.pi / 2
 
 
 def orbit_path(c2w: torch.Tensor, n_frames: int = 120) -> torch.Tensor:
     """n_frames cameras on a circle around the cameras' focus point (`focus_point`), all looking at it.
 
     The circle lies in the plane orthogonal to the cameras' mean up vector (their mean y axis), at their mean
-    height above the focus point and their mean horizontal distance from it; it starts at the first camera's
-    azimuth. For a 360-degree capture this flies the capture's own orbit; the scene needs no particular
-    world frame (unlike `spherical_path`, which assumes z up and the object at the origin).
+    height above the focus point and their mean horizontal distance from it. When the cameras surround the
+    focus point (no gap between their azimuths wider than ORBIT_MAX_GAP) the path flies the whole circle from
+    the first camera's azimuth: the capture's own orbit. When they do not (a hand-held capture of one side, as
+    Instant-NGP's fox), it sweeps the arc they cover, there and back, easing at its ends, instead of flying
+    into the unseen side. The scene needs no particular world frame (unlike `spherical_path`, which assumes
+    z up and the object at the origin).
     c2w: (N, 4, 4) training poses. Returns (n_frames, 4, 4) float32.
     """
     c2w = c2w.float()
@@ -123,9 +133,31 @@ def orbit_path(c2w: torch.Tensor, n_frames: int = 120) -> torch.Tensor:
     radius = float(horizontal.norm(dim=-1).mean())
     e1 = safe_normalize(horizontal[0])
     e2 = torch.cross(up, e1, dim=-1)
-    angles = torch.linspace(0.0, 2.0 * math.pi, n_frames + 1)[:-1]  # (n,)
+    azimuths = torch.sort(torch.atan2(horizontal @ e2, horizontal @ e1) % (2 * math.pi)).values  # (N,) camera 0 at 0
+    gaps = torch.diff(azimuths, append=azimuths[:1] + 2 * math.pi)  # (N,) gap after each sorted camera
+    widest = int(gaps.argmax())
+    if float(gaps[widest]) <= ORBIT_MAX_GAP:  # the cameras surround the focus point: the whole circle
+        angles = torch.linspace(0.0, 2.0 * math.pi, n_frames + 1)[:-1]  # (n,)
+    else:  # one side only: from the camera after the widest gap, counter-clockwise to the one before it, and back
+        start, span = float(azimuths[(widest + 1) % len(azimuths)]), 2 * math.pi - float(gaps[widest])
+        phase = torch.linspace(0.0, 2.0 * math.pi, n_frames + 1)[:-1]  # (n,)
+        angles = start + span * (1 - torch.cos(phase)) / 2  # (n,) start -> start + span -> back, slow at the ends
     eyes = centre + float(heights.mean()) * up + radius * (torch.cos(angles)[:, None] * e1 + torch.sin(angles)[:, None] * e2)
     return look_at(eyes, centre.expand_as(eyes), up.expand_as(eyes))
+
+
+def default_video_path(c2w: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """The path of a run's video when none is given. Cameras that look at the world origin with +z up (the
+    Blender layout, the built-in scenes): `spherical_path` at their mean radius, NeRF's own video. Any other
+    capture (a transforms.json of a room, whose world frame is wherever the capture software put it):
+    `orbit_path` around the point the cameras look at, on the arc they cover.
+    c2w: (N, 4, 4) training poses. Returns (n_frames, 4, 4) float32."""
+    c2w = c2w.float()
+    radius = float(c2w[:, :3, 3].norm(dim=-1).mean())
+    up = safe_normalize(c2w[:, :3, 1].sum(dim=0))  # (3,) the cameras' mean image-up direction
+    if len(c2w) >= 2 and float(focus_point(c2w).norm()) < 0.25 * radius and float(up[2]) > 0.9:
+        return spherical_path(n_frames, radius=radius)
+    return orbit_path(c2w, n_frames)
 
 
 def load_camera_path(path) -> torch.Tensor:

@@ -45,3 +45,19 @@ def test_orbit_path_circles_the_point_the_cameras_look_at():
     assert abs(float(distance.mean()) - float((eyes - target).norm(dim=-1).mean())) < 0.1
     viewing = -path[:, :3, 2]  # every path camera looks at the target
     torch.testing.assert_close(torch.nn.functional.normalize(-offsets, dim=-1), viewing, atol=1e-5, rtol=0)
+
+
+def test_orbit_path_of_a_one_sided_capture_sweeps_only_the_arc_the_cameras_cover():
+    """Cameras on a 100-degree arc (a hand-held capture of one side, as fox): the orbit stays on that arc, reaches
+    both of its ends, and never flies round to the side no camera saw."""
+    target = torch.zeros(3)
+    covered = torch.deg2rad(torch.linspace(40.0, 140.0, 9))  # azimuths of the cameras
+    eyes = torch.stack([3 * torch.cos(covered), 3 * torch.sin(covered), torch.full_like(covered, 1.0)], dim=-1)
+    c2w = look_at(eyes, target, torch.tensor([0.0, 0.0, 1.0]))
+    path = orbit_path(c2w, 40)
+    azimuth = torch.rad2deg(torch.atan2(path[:, 1, 3], path[:, 0, 3]))  # (40,)
+    assert float(azimuth.min()) > 40.0 - 0.5 and float(azimuth.max()) < 140.0 + 0.5, azimuth
+    assert float(azimuth.min()) < 41.0 and float(azimuth.max()) > 139.0  # both ends reached
+    viewing = -path[:, :3, 2]  # still every camera looks at the target
+    torch.testing.assert_close(torch.nn.functional.normalize(target - path[:, :3, 3], dim=-1), viewing, atol=1e-5,
+                               rtol=0)

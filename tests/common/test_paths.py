@@ -69,3 +69,23 @@ def test_spiral_path_circles_the_average_camera_and_looks_at_the_focus_point():
     assert (offsets[:, :2].abs() <= radii[:2] + 1e-5).all()
     assert offsets[:, 0].max() > 0.9 * radii[0]  # it really goes around
     assert (path[:, 1, 1] > 0.9).all()  # image up stays close to the rig's up
+
+
+def test_default_video_path_is_nerfs_sphere_for_blender_cameras_and_an_orbit_of_the_capture_otherwise():
+    from common.paths import default_video_path, focus_point, look_at, spherical_path
+
+    # Blender-like: cameras on a sphere of radius 4 around the origin, +z up -> NeRF's spherical video.
+    azimuths = torch.linspace(0, 2 * math.pi, 9)[:-1]
+    eyes = torch.stack([4 * torch.cos(azimuths) * 0.8, 4 * torch.sin(azimuths) * 0.8, torch.full_like(azimuths, 2.4)], -1)
+    blender = look_at(eyes, torch.zeros(3), torch.tensor([0.0, 0.0, 1.0]))
+    torch.testing.assert_close(default_video_path(blender, 12), spherical_path(12, radius=4.0), atol=1e-4, rtol=0)
+    # A capture of one side of an object far from the origin, y up (fox-like): the path circles what the cameras
+    # look at, at their distance from it, and never goes round the back.
+    target = torch.tensor([3.0, -2.0, 0.5])
+    side = torch.deg2rad(torch.linspace(-40.0, 40.0, 7))
+    eyes = target + torch.stack([2 * torch.sin(side), torch.full_like(side, 0.6), 2 * torch.cos(side)], -1)
+    capture = look_at(eyes, target, torch.tensor([0.0, 1.0, 0.0]))
+    path = default_video_path(capture, 16)
+    distance = (path[:, :3, 3] - focus_point(capture)).norm(dim=-1)
+    torch.testing.assert_close(distance, torch.full((16,), float((eyes - target).norm(dim=-1).mean())), atol=0.05, rtol=0)
+    assert float(((path[:, :3, 3] - target)[:, 2]).min()) > 0  # stays on the cameras' side (+z of the target)
