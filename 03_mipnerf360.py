@@ -570,7 +570,8 @@ def make_image_renderer(prop_mlp, nerf_mlp, radius: float, cfg: Config, device, 
 
 
 def render_videos(render_fn, scene, outdir: Path, n_frames: int, fps: int = 24) -> list[Path]:
-    """An orbit around the point the training cameras look at, and a spiral around their average pose, each as
+    """An orbit around the point the training cameras look at (along the arc they cover, for a capture of one
+    side: common/paths.py, orbit_path), and a spiral around their average pose, each as
     a colour and a depth video. Depth is coloured by disparity (1 / depth) between the 2nd and 98th percentile of
     each path's first frame, near in dark blue and far in red (turbo), so that the distant background shows as
     far rather than saturating a depth scale that reaches to the far plane."""

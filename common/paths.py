@@ -125,37 +125,47 @@ def orbit_path(c2w: torch.Tensor, n_frames: int = 120) -> torch.Tensor:
     c2w: (N, 4, 4) training poses. Returns (n_frames, 4, 4) float32.
     """
     c2w = c2w.float()
+    (centre, up, e1, e2, height, radius), start, span = _orbit_frame(c2w)
+    if span >= 2 * math.pi - ORBIT_MAX_GAP:  # the cameras surround the focus point: the whole circle
+        angles = torch.linspace(0.0, 2.0 * math.pi, n_frames + 1)[:-1]  # (n,)
+    else:  # one side only: from the camera after the widest gap, counter-clockwise to the one before it, and back
+        phase = torch.linspace(0.0, 2.0 * math.pi, n_frames + 1)[:-1]  # (n,)
+        angles = start + span * (1 - torch.cos(phase)) / 2  # (n,) start -> start + span -> back, slow at the ends
+    eyes = centre + height * up + radius * (torch.cos(angles)[:, None] * e1 + torch.sin(angles)[:, None] * e2)
+    return look_at(eyes, centre.expand_as(eyes), up.expand_as(eyes))
+
+
+def _orbit_frame(c2w: torch.Tensor):
+    """Where the cameras are, seen from above their focus point: ((centre, up, e1, e2, mean height, mean
+    horizontal distance), start, span): the centre is `focus_point`, up the cameras' mean y axis, e1 points to
+    the first camera and e2 = up x e1; the cameras' azimuths cover the arc [start, start + span] (radians
+    counter-clockwise from e1) that leaves out the widest gap between two of them (span 2 pi - that gap)."""
     centre = focus_point(c2w)  # (3,)
     up = safe_normalize(c2w[:, :3, 1].sum(dim=0))  # (3,)
     offsets = c2w[:, :3, 3] - centre  # (N, 3)
     heights = offsets @ up  # (N,)
     horizontal = offsets - heights[:, None] * up  # (N, 3)
-    radius = float(horizontal.norm(dim=-1).mean())
     e1 = safe_normalize(horizontal[0])
     e2 = torch.cross(up, e1, dim=-1)
     azimuths = torch.sort(torch.atan2(horizontal @ e2, horizontal @ e1) % (2 * math.pi)).values  # (N,) camera 0 at 0
     gaps = torch.diff(azimuths, append=azimuths[:1] + 2 * math.pi)  # (N,) gap after each sorted camera
     widest = int(gaps.argmax())
-    if float(gaps[widest]) <= ORBIT_MAX_GAP:  # the cameras surround the focus point: the whole circle
-        angles = torch.linspace(0.0, 2.0 * math.pi, n_frames + 1)[:-1]  # (n,)
-    else:  # one side only: from the camera after the widest gap, counter-clockwise to the one before it, and back
-        start, span = float(azimuths[(widest + 1) % len(azimuths)]), 2 * math.pi - float(gaps[widest])
-        phase = torch.linspace(0.0, 2.0 * math.pi, n_frames + 1)[:-1]  # (n,)
-        angles = start + span * (1 - torch.cos(phase)) / 2  # (n,) start -> start + span -> back, slow at the ends
-    eyes = centre + float(heights.mean()) * up + radius * (torch.cos(angles)[:, None] * e1 + torch.sin(angles)[:, None] * e2)
-    return look_at(eyes, centre.expand_as(eyes), up.expand_as(eyes))
+    start, span = float(azimuths[(widest + 1) % len(azimuths)]), 2 * math.pi - float(gaps[widest])
+    return (centre, up, e1, e2, float(heights.mean()), float(horizontal.norm(dim=-1).mean())), start, span
 
 
 def default_video_path(c2w: torch.Tensor, n_frames: int) -> torch.Tensor:
-    """The path of a run's video when none is given. Cameras that look at the world origin with +z up (the
-    Blender layout, the built-in scenes): `spherical_path` at their mean radius, NeRF's own video. Any other
-    capture (a transforms.json of a room, whose world frame is wherever the capture software put it):
+    """The path of a run's video when none is given. Cameras all around an object at the world origin with +z
+    up (the Blender layout, the built-in scenes): `spherical_path` at their mean radius, NeRF's own video. Any
+    other capture (one side of an object, as fox; a world frame wherever the capture software put it):
     `orbit_path` around the point the cameras look at, on the arc they cover.
     c2w: (N, 4, 4) training poses. Returns (n_frames, 4, 4) float32."""
     c2w = c2w.float()
     radius = float(c2w[:, :3, 3].norm(dim=-1).mean())
     up = safe_normalize(c2w[:, :3, 1].sum(dim=0))  # (3,) the cameras' mean image-up direction
-    if len(c2w) >= 2 and float(focus_point(c2w).norm()) < 0.25 * radius and float(up[2]) > 0.9:
+    _, start, span = _orbit_frame(c2w)
+    surrounds = span >= 2 * math.pi - ORBIT_MAX_GAP
+    if surrounds and float(focus_point(c2w).norm()) < 0.25 * radius and float(up[2]) > 0.9:
         return spherical_path(n_frames, radius=radius)
     return orbit_path(c2w, n_frames)
 

@@ -89,3 +89,16 @@ def test_default_video_path_is_nerfs_sphere_for_blender_cameras_and_an_orbit_of_
     distance = (path[:, :3, 3] - focus_point(capture)).norm(dim=-1)
     torch.testing.assert_close(distance, torch.full((16,), float((eyes - target).norm(dim=-1).mean())), atol=0.05, rtol=0)
     assert float(((path[:, :3, 3] - target)[:, 2]).min()) > 0  # stays on the cameras' side (+z of the target)
+
+
+def test_default_video_path_of_a_one_sided_capture_around_the_origin_stays_on_its_side():
+    """Fox's cameras look at the origin with +z up, as Blender's do, but from one side (90 degrees of azimuth):
+    NeRF's full sphere would fly behind the object, so the path is the orbit of the arc instead."""
+    from common.paths import default_video_path, look_at
+
+    azimuths = torch.deg2rad(torch.linspace(0.0, 90.0, 10))
+    eyes = torch.stack([3 * torch.cos(azimuths), 3 * torch.sin(azimuths), torch.full_like(azimuths, 1.5)], -1)
+    capture = look_at(eyes, torch.zeros(3), torch.tensor([0.0, 0.0, 1.0]))
+    path = default_video_path(capture, 24)
+    azimuth = torch.rad2deg(torch.atan2(path[:, 1, 3], path[:, 0, 3]))
+    assert float(azimuth.min()) > -0.5 and float(azimuth.max()) < 90.5, azimuth
