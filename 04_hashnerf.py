@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -53,7 +54,7 @@ class Config(RunConfig):
 
     # The settings every script shares (--scene, --datadir, --outdir, --backend, --device, --seed, --quick,
     # --preset, --resume, --time_budget_s, logging and outputs) come from common/cli.py, RunConfig.
-    iters: int = field(default=20_000, metadata={"help": "training iterations (the paper's 5-minute result is ~50k steps; fewer here, with the decay below)", "min": 1})
+    iters: int = field(default=50_000, metadata={"help": "training iterations (the step schedule below lowers the rate at 20k, 30k and 40k of them); --time_budget_s stops a run by wall-clock time instead", "min": 1})
     # --- hash encoding (Sec. 3, Table 1) ---
     n_levels: int = field(default=16, metadata={"help": "L, resolution levels", "min": 1})
     n_features: int = field(default=2, metadata={"help": "F, features per level", "min": 1, "max": 8})
@@ -67,14 +68,20 @@ class Config(RunConfig):
     grid_warmup: int = field(default=256, metadata={"help": "iterations during which every cell is updated", "min": 0})
     grid_threshold: float = field(default=0.01, metadata={"help": "a cell is occupied when one step through it has optical thickness above this", "min": 0})
     grid_decay: float = field(default=0.95, metadata={"help": "decay of the running max of densities per update", "min": 0, "max": 1})
+    grid_policy: Literal["paper", "cheap"] = field(default="paper", metadata={"help": "paper (App. E.2 as written): every update decays every cell and re-measures G^3/2 cells after the warm-up; cheap (the cpu and quick presets): G^3/4 cells, and only those decay"})
     steps_per_diagonal: int = field(default=1024, metadata={"help": "marching step = box diagonal / this (paper: sqrt(3)/1024 per unit)", "min": 1})
     max_samples: int = field(default=1024, metadata={"help": "cap on samples per ray", "min": 1})
     early_stop_eps: float = field(default=1e-4, metadata={"help": "stop a ray once its transmittance drops below this", "min": 0, "below": 1})
     chunk: int = field(default=8192, metadata={"help": "rays per forward pass when rendering whole images", "min": 1})
     # --- optimisation (Sec. 4) ---
-    batch_rays: int = field(default=4096, metadata={"help": "rays per iteration", "min": 1})
+    batch_rays: int = field(default=4096, metadata={"help": "rays per iteration (with --samples_per_batch: of the first iteration only)", "min": 1})
+    samples_per_batch: int = field(default=1 << 18, metadata={"help": "App. E.3: keep the samples per iteration near this (paper: 2^18), the number of rays adapting to the samples each ray took in the last iteration; 0 = a fixed --batch_rays (the cpu and quick presets)", "min": 0})
     lr: float = field(default=1e-2, metadata={"help": "Adam learning rate (paper: 1e-2)", "above": 0})
-    lr_final: float = field(default=3e-4, metadata={"help": "learning rate at the last iteration; we decay exponentially, the paper steps it down x0.33 at 20k steps and every 10k after (Sec. 5.4)", "above": 0})
+    lr_schedule: Literal["step", "exponential"] = field(default="step", metadata={"help": "step (Sec. 5.4): x lr_step_factor at lr_step_start iterations and every lr_step_every after; exponential (the cpu and quick presets, which run a few thousand steps): from lr to lr_final over --iters or the time budget"})
+    lr_step_start: int = field(default=20_000, metadata={"help": "first step-down of the step schedule (paper: 20k)", "min": 1})
+    lr_step_every: int = field(default=10_000, metadata={"help": "iterations between later step-downs (paper: 10k)", "min": 1})
+    lr_step_factor: float = field(default=0.33, metadata={"help": "factor of each step-down (paper: 0.33)", "above": 0, "max": 1})
+    lr_final: float = field(default=3e-4, metadata={"help": "learning rate at the last iteration of the exponential schedule", "above": 0})
     weight_decay: float = field(default=1e-6, metadata={"help": "L2 on the MLP weights only (paper: 1e-6)", "min": 0})
     sparsity_weight: float = field(default=0.0, metadata={"help": "JHashNeRF sparsity loss on densities (0 = off)", "min": 0})
     tv_weight: float = field(default=0.0, metadata={"help": "JHashNeRF total-variation loss on the hash grid (0 = off)", "min": 0})
@@ -90,14 +97,16 @@ PRESETS = {
     # The same method sized for two CPU cores: a smaller table, fewer and coarser levels, a coarser grid. The
     # grid also forgets faster (decay 0.8, every 8 steps): until it carves out empty space, every ray takes
     # its full quota of samples, the expensive phase, which 0.95 every 16 steps would stretch over ~400 steps.
+    # It keeps a fixed 1024 rays per step, the exponential learning-rate decay and the cheap grid update (below).
     "cpu": dict(iters=2000, n_levels=12, log2_table_size=16, max_resolution=512, grid_resolution=64,
                 steps_per_diagonal=256, max_samples=256, batch_rays=1024, chunk=1024, grid_warmup=64,
-                grid_update_every=8, grid_decay=0.8, ckpt_every=500, video_frames=40, log_every=25),
+                grid_update_every=8, grid_decay=0.8, ckpt_every=500, video_frames=40, log_every=25,
+                samples_per_batch=0, lr_schedule="exponential", grid_policy="cheap"),
     # About a minute on two CPU cores; above 26 dB on the built-in scene's test views.
     "quick": dict(iters=500, n_levels=8, log2_table_size=15, max_resolution=256, grid_resolution=32,
                   steps_per_diagonal=128, max_samples=128, batch_rays=1024, chunk=1024, grid_warmup=64,
                   grid_update_every=8, grid_decay=0.8, lr_final=1e-3, ckpt_every=250, video_frames=20,
-                  log_every=20, n_test_views=4),
+                  log_every=20, n_test_views=4, samples_per_batch=0, lr_schedule="exponential", grid_policy="cheap"),
 }
 
 
@@ -221,22 +230,25 @@ def update_occupancy_grid(grid: OccupancyGrid, step: int, cfg: Config, optical_t
                           backend: str) -> None:
     """Instant-NGP's occupancy-grid policy (Appendix E.2), run every cfg.grid_update_every steps.
 
-    1. Which cells: during the warm-up (the first cfg.grid_warmup steps) every cell; after it, G^3/4 cells, half
-       drawn uniformly over the grid (so that newly dense regions are found) and half among the cells marked
+    1. Which cells: during the warm-up (the first cfg.grid_warmup steps) every cell; after it, M cells (see the
+       policies below), half drawn uniformly over the grid (so that newly dense regions are found) and half among the cells marked
        occupied (so that the regions rays actually pass through stay fresh).
     2. Each chosen cell is measured at a random point inside it: its optical thickness sigma * dt for one marching
        step (the opacity-like quantity of Appendix E).
     3. Decayed maximum: value = max(decay * value, new), so a cell forgets a density the field no longer has,
        at a rate of cfg.grid_decay per update.
     4. Occupied: value > min(cfg.grid_threshold, mean value), the min keeping a dim early scene from vanishing.
-    Departures from the paper, which decays every cell at each update and re-evaluates more cells per update
-    after the warm-up: we decay only the cells re-evaluated and take G^3/4 of them (cheaper on a CPU).
+    cfg.grid_policy "paper" is App. E.2 as written: every cell decays at each update (value *= decay), then the
+    chosen cells take max(value, new); after the warm-up M = G^3/2 cells are chosen (for 128^3: 128^3/2, as the
+    paper says). "cheap" (the cpu and quick presets) re-measures G^3/4 cells and decays only those: a cell no
+    update visits keeps its value longer, and an update costs half the density queries.
     """
     n_cells, device = grid.n_cells, grid.density.device
+    paper = cfg.grid_policy == "paper"
     if step <= cfg.grid_warmup:
         cells = torch.arange(n_cells, device=device)  # (G^3,) every cell
     else:
-        n_chosen = n_cells // 4
+        n_chosen = n_cells // 2 if paper else n_cells // 4
         uniform = torch.randint(0, n_cells, (n_chosen // 2,), generator=generator)  # (M/2,) anywhere
         occupied = torch.nonzero(grid.occupied_mask()).flatten().cpu()  # (O,) cells marked occupied
         picks = torch.randint(0, max(len(occupied), 1), (n_chosen - n_chosen // 2,), generator=generator)
@@ -244,7 +256,11 @@ def update_occupancy_grid(grid: OccupancyGrid, step: int, cfg: Config, optical_t
         cells = torch.unique(torch.cat([uniform, near_surfaces])).to(device)  # (M,) distinct: one thread per cell
     points = grid.cell_points(cells, generator)  # (M, 3) a random point in each cell
     new_values = torch.cat([optical_thickness(chunk) for chunk in points.split(1 << 16)])  # (M,) sigma * dt
-    grid.density.copy_(occupancy_update(grid.density, cells, new_values, cfg.grid_decay, backend))  # 3. (kernel)
+    if paper:  # 3. every cell forgets, then the measured ones take the max (the kernel with decay 1: max only)
+        grid.density.mul_(cfg.grid_decay)
+        grid.density.copy_(occupancy_update(grid.density, cells, new_values, 1.0, backend))
+    else:  # 3. only the measured cells: max(decay * value, new) (kernel)
+        grid.density.copy_(occupancy_update(grid.density, cells, new_values, cfg.grid_decay, backend))
     threshold = min(cfg.grid_threshold, float(grid.density.mean()))  # 4.
     grid.bitfield.copy_(pack_bitfield(grid.density, threshold, backend))  # bit b of byte k: cell 8k + b (kernel)
 
@@ -316,8 +332,30 @@ def total_variation(encoding: HashEncoding, n_vertices: int = 4096,
 # Training loop
 # ================================================================================================
 def learning_rate(cfg: Config, step: int, elapsed_s: float = 0.0) -> float:
-    """Exponential decay from lr to lr_final over the run, or over the time budget if that ends first."""
+    """cfg.lr_schedule "step" (Sec. 5.4): lr, times lr_step_factor (0.33) at lr_step_start (20k) iterations and
+    again every lr_step_every (10k) after. "exponential": from lr to lr_final over the run, or over the time
+    budget if that ends first (the cpu and quick presets, whose runs end long before 20k steps)."""
+    if cfg.lr_schedule == "step":
+        n_drops = 0 if step < cfg.lr_step_start else 1 + (step - cfg.lr_step_start) // cfg.lr_step_every
+        return cfg.lr * cfg.lr_step_factor ** n_drops
     return decayed_learning_rate(cfg.lr, cfg.lr_final, step, cfg.iters, elapsed_s, cfg.time_budget_s)
+
+
+RAY_GRANULARITY = 128  # the ray count moves in multiples of this (as Instant-NGP's does)
+
+
+def next_batch_rays(n_rays: int, n_samples: int, cfg: Config) -> int:
+    """App. E.3: a fixed number of samples per batch (cfg.samples_per_batch, 2^18 in the paper) rather than a fixed
+    number of rays. Early on the occupancy grid is full and each ray takes many samples, so a batch holds few
+    rays; as the grid carves out empty space, rays get cheaper and the batch takes more of them, keeping the
+    work per step (and the memory) steady. The next count scales the last one by target / measured samples,
+    rounded up to RAY_GRANULARITY, between RAY_GRANULARITY and samples_per_batch (a ray takes at least one sample).
+    With samples_per_batch 0 the count stays cfg.batch_rays."""
+    if cfg.samples_per_batch <= 0:
+        return cfg.batch_rays
+    wanted = n_rays * cfg.samples_per_batch / max(n_samples, 1)
+    rounded = -(-int(wanted) // RAY_GRANULARITY) * RAY_GRANULARITY
+    return max(RAY_GRANULARITY, min(rounded, cfg.samples_per_batch))
 
 
 def train(cfg: Config) -> dict:
@@ -349,15 +387,18 @@ def train(cfg: Config) -> dict:
         with torch.no_grad():
             return field_.density(points, backend)[0] * step_size
 
+    batch = dict(rays=cfg.batch_rays)  # rays in the next step; App. E.3 adapts it (next_batch_rays)
+
     def save_state() -> dict:
         return dict(field=field_.state_dict(), grid=grid.state_dict(), optimizer=optimizer.state_dict(),
-                    generator=generator.get_state())
+                    generator=generator.get_state(), batch_rays=batch["rays"])
 
     def load_state(state: dict) -> None:  # the grid comes back too: a resumed run does not start fully occupied
         field_.load_state_dict(state["field"])
         grid.load_state_dict(state["grid"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
+        batch["rays"] = state.get("batch_rays", cfg.batch_rays)
 
     def validate() -> float:
         return evaluate_split(render_fn, scene.splits["val"], None, n_views=1, background=test_background,
@@ -369,7 +410,8 @@ def train(cfg: Config) -> dict:
             if step % cfg.grid_update_every == 0:  # Appendix E.2: keep the grid in step with the field
                 update_occupancy_grid(grid, step, cfg, optical_thickness, generator, backend)
 
-            rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator)
+            n_rays = batch["rays"]
+            rays_o, rays_d, target = sample_ray_batch(train_split, n_rays, generator)
             rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
             # A random background per ray (for RGBA data): the model must make the object opaque where it is.
             if target.shape[-1] == 4:
@@ -395,9 +437,10 @@ def train(cfg: Config) -> dict:
             check_finite(step, loss, field_.parameters(), lr=lr, scaler=scaler)  # a NaN stops the run here
             scaler.step(optimizer)
             scaler.update()
+            batch["rays"] = next_batch_rays(n_rays, out["n_samples"], cfg)  # App. E.3
             # Marching statistics go to the CSV rows only (counting occupied cells unpacks the whole grid).
             run.log(step, loss=loss.item(), psnr=mse_to_psnr(loss_rgb.item()), lr=lr,
-                    extra=lambda: dict(samples_per_ray=round(out["n_samples"] / cfg.batch_rays, 2),
+                    extra=lambda: dict(rays=n_rays, samples_per_ray=round(out["n_samples"] / n_rays, 2),
                                        occupancy=round(grid.occupancy_fraction(), 4)))
 
     metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, test_background,

@@ -253,8 +253,9 @@ def occupancy_cases(size: dict, device: torch.device, seed: int) -> list[Case]:
         generator = torch.Generator(device=device)
 
         def run():
-            # One update of 04_hashnerf.update_occupancy_grid after its warm-up: G^3/4 distinct cells, the
-            # density at a random point of each, the decayed max and the bit packing (the last two are kernels).
+            # One update of 04_hashnerf.update_occupancy_grid (grid_policy cheap) after its warm-up: G^3/4 distinct
+            # cells, the density at a random point of each, the decayed max and the bit packing (the last two are
+            # kernels).
             generator.manual_seed(seed + 4)  # the same cells and points on every call and backend
             cells = torch.randperm(grid.n_cells, generator=generator, device=device)[: grid.n_cells // 4].sort().values
             new = sphere_density(grid.cell_points(cells, generator))

@@ -26,6 +26,24 @@ def test_hashnerf_torch_backend_reaches_26db_on_builtin_test_views(hashnerf_scri
     assert samples_per_ray[-1] < 0.5 * samples_per_ray[0]
 
 
+@pytest.mark.slow
+def test_paper_batching_adapts_the_rays_to_the_sample_budget_and_learns(hashnerf_script, tmp_path):
+    """The GPU preset's choices on a CPU-sized run (App. E.3 batch of 16384 samples, App. E.2 grid update, the
+    step schedule): while the grid is full each ray takes many samples and a step holds few rays; once it is
+    carved the step holds many more, with the samples per step near the budget, and the model learns."""
+    metrics = hashnerf_script.main(["--quick", "--iters", "300", "--samples_per_batch", "16384", "--grid_policy",
+                                    "paper", "--lr_schedule", "step", "--lr_step_start", "200", "--lr_step_every",
+                                    "50", "--downscale", "2", "--outdir", str(tmp_path), "--device", "cpu",
+                                    "--backend", "torch", *NO_VIDEO])
+    assert metrics["mean_psnr"] >= 26.0, metrics  # 28.1 dB measured (50x50 views)
+    header, *rows = (tmp_path / "log.csv").read_text().splitlines()
+    column = {name: i for i, name in enumerate(header.split(","))}
+    rays = [int(row.split(",")[column["rays"]]) for row in rows]
+    samples = [float(row.split(",")[column["samples_per_ray"]]) for row in rows]
+    assert rays[-1] >= 8 * rays[0], rays  # 256 rays at the start, over 3000 at the end (measured)
+    assert 0.5 * 16384 <= rays[-1] * samples[-1] <= 1.5 * 16384, (rays[-1], samples[-1])
+
+
 def test_hashnerf_occupied_cells_cover_the_true_surface(hashnerf_script, tmp_path):
     """After a short training run, every cell the true geometry passes through well inside is still marked
     occupied: skipping it would cut a hole in the object. (The built-in scene's exact SDF is the reference.)"""
@@ -57,24 +75,31 @@ def test_hashnerf_occupied_cells_cover_the_true_surface(hashnerf_script, tmp_pat
     assert distances.median() < 2 * voxel, float(distances.median())
 
 
-def _train_args(outdir, iters):
+def _train_args(outdir, iters, extra=()):
     return ["--quick", "--iters", str(iters), "--ckpt_every", "4", "--grid_update_every", "3", "--outdir",
             str(outdir), "--device", "cpu", "--backend", "torch", "--n_test_views", "1", "--downscale", "4",
-            *NO_VIDEO]
+            *NO_VIDEO, *extra]
 
 
+# The quick preset, and the paper's adaptive batch (App. E.3: the ray count of the next step is state to resume).
+ADAPTIVE = ("--samples_per_batch", "8192", "--grid_policy", "paper", "--lr_schedule", "step", "--lr_step_start", "6",
+            "--lr_step_every", "1")
+
+
+@pytest.mark.parametrize("extra", [(), ADAPTIVE], ids=["quick", "adaptive_batch"])
 def test_hashnerf_ctrl_c_then_resume_matches_an_uninterrupted_run(hashnerf_script, tmp_path, run_with_ctrl_c,
-                                                                single_thread):
-    hashnerf_script.main(_train_args(tmp_path / "straight", 8))
+                                                                single_thread, extra):
+    hashnerf_script.main(_train_args(tmp_path / "straight", 8, extra))
     reference = torch.load(tmp_path / "straight" / "ckpt_000008.pt", weights_only=False)
 
-    status, _ = run_with_ctrl_c(hashnerf_script, _train_args(tmp_path / "resumed", 8), step=5)
+    status, _ = run_with_ctrl_c(hashnerf_script, _train_args(tmp_path / "resumed", 8, extra), step=5)
     assert status == 130
     assert (tmp_path / "resumed" / "ckpt_000005.pt").exists()
 
-    hashnerf_script.main(_train_args(tmp_path / "resumed", 8) + ["--resume"])
+    hashnerf_script.main(_train_args(tmp_path / "resumed", 8, extra) + ["--resume"])
     resumed = torch.load(tmp_path / "resumed" / "ckpt_000008.pt", weights_only=False)
     assert resumed["step"] == 8
+    assert resumed["batch_rays"] == reference["batch_rays"]
     for group in ("field", "grid"):
         for name, tensor in reference[group].items():
             torch.testing.assert_close(resumed[group][name], tensor, rtol=0, atol=0, msg=f"{group}.{name}")
@@ -175,12 +200,12 @@ def test_the_one_level_hash_encoding_on_the_page_equals_each_level_of_the_fast_e
 def test_grid_policy_carves_a_sphere_then_refreshes_only_the_chosen_cells(hashnerf_script, backend):
     """update_occupancy_grid (Appendix E.2, on the page in 04): the warm-up evaluates every cell, so a sphere of
     density is found and empty corners are dropped; after the warm-up G^3/4 cells are re-evaluated, and only
-    those decay (max(0.95 * value, 0) on a field that became empty)."""
+    those decay (max(0.95 * value, 0) on a field that became empty): grid_policy "cheap", the CPU presets'."""
     import math
 
     from kernels.ray_marching import OccupancyGrid
 
-    cfg = hashnerf_script.Config(grid_warmup=10, grid_decay=0.95, grid_threshold=1.0)
+    cfg = hashnerf_script.Config(grid_warmup=10, grid_decay=0.95, grid_threshold=1.0, grid_policy="cheap")
     grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=16)
     generator = torch.Generator().manual_seed(0)
     sphere = lambda p: 20.0 * (p.norm(dim=-1) < 0.5).float()  # noqa: E731
@@ -216,3 +241,42 @@ def test_total_variation_is_zero_on_constant_dense_levels_and_regularises_only_t
     with torch.no_grad():
         encoding.table[dense] = 0.5  # constant on the dense levels, random on the hashed ones
     assert hashnerf_script.total_variation(encoding, generator=torch.Generator().manual_seed(0)).item() == 0.0
+
+
+@pytest.mark.parametrize("backend", ["torch", "emulated"])
+def test_paper_grid_policy_decays_every_cell_and_measures_half_the_grid(hashnerf_script, backend):
+    """grid_policy "paper" (App. E.2 as written): after the warm-up an update decays *every* cell by 0.95 and
+    re-measures G^3/2 cells (fewer after removing repeats), which take max(decayed value, new)."""
+    from kernels.ray_marching import OccupancyGrid
+
+    cfg = hashnerf_script.Config(grid_warmup=10, grid_decay=0.95, grid_threshold=1.0, grid_policy="paper")
+    grid = OccupancyGrid(torch.tensor([[-1.0] * 3, [1.0] * 3]), resolution=16)
+    generator = torch.Generator().manual_seed(0)
+    hashnerf_script.update_occupancy_grid(grid, 5, cfg, lambda p: 20.0 * (p.norm(dim=-1) < 0.5).float(), generator,
+                                          backend)
+    before = grid.density.clone()
+    hashnerf_script.update_occupancy_grid(grid, 20, cfg, lambda p: torch.zeros(len(p)), generator, backend)
+    torch.testing.assert_close(grid.density, before * 0.95, rtol=0, atol=0)  # all decayed, measured or not
+    hashnerf_script.update_occupancy_grid(grid, 40, cfg, lambda p: torch.full((len(p),), 100.0), generator, backend)
+    measured = int((grid.density == 100.0).sum())
+    assert grid.n_cells // 4 < measured <= grid.n_cells // 2
+
+
+@pytest.mark.parametrize("step,expected", [(0, 1e-2), (19_999, 1e-2), (20_000, 3.3e-3), (29_999, 3.3e-3),
+                                           (30_000, 1.089e-3), (40_000, 3.5937e-4)])
+def test_step_learning_rate_schedule_of_sec_5_4(hashnerf_script, step, expected):
+    cfg = hashnerf_script.Config()  # the paper preset: lr 1e-2, x0.33 at 20k and every 10k after
+    assert hashnerf_script.learning_rate(cfg, step) == pytest.approx(expected, rel=1e-9)
+
+
+def test_batch_keeps_the_samples_per_step_near_the_target(hashnerf_script):
+    """App. E.3: rays adapt so that rays x samples per ray stays near samples_per_batch (2^18)."""
+    cfg = hashnerf_script.Config()
+    assert cfg.samples_per_batch == 1 << 18
+    assert hashnerf_script.next_batch_rays(4096, 4096 * 256, cfg) == 1024  # 256 samples a ray: 2^18 / 256
+    assert hashnerf_script.next_batch_rays(1024, 1024 * 8, cfg) == 32768  # a carved grid: 8 a ray
+    assert hashnerf_script.next_batch_rays(1000, 1000 * 3, cfg) % 128 == 0  # multiples of 128
+    assert hashnerf_script.next_batch_rays(4096, 10 ** 9, cfg) == 128  # never below 128 rays
+    assert hashnerf_script.next_batch_rays(4096, 0, cfg) == 1 << 18  # empty space: at most 2^18 rays
+    fixed = hashnerf_script.Config(samples_per_batch=0, batch_rays=777)
+    assert hashnerf_script.next_batch_rays(4096, 123456, fixed) == 777
