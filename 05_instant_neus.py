@@ -35,7 +35,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -114,6 +114,7 @@ class Config(RunConfig):
     grid_warmup: int = field(default=256, metadata={"help": "steps during which every cell is updated"})
     grid_threshold: float = field(default=0.001, metadata={"help": "a cell is occupied when its NeuS opacity over one step is above this"})
     grid_decay: float = field(default=0.95, metadata={"help": "decay of the running max per update"})
+    grid_policy: Literal["paper", "cheap"] = field(default="cheap", metadata={"help": "04's update_occupancy_grid policies: cheap (G^3/4 cells per update after the warm-up, only those decay; what this script has always used) or paper (Instant-NGP App. E.2: every cell decays, G^3/2 re-measured)"})
     steps_per_diagonal: int = field(default=1024, metadata={"help": "step = box diagonal / this (instant-nsr-pl: 1.732 * 2 / 1024)"})
     max_samples: int = field(default=1024, metadata={"help": "cap on samples per ray"})
     early_stop_eps: float = field(default=1e-4, metadata={"help": "stop compositing a ray once its transmittance is below this"})
