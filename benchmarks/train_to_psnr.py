@@ -332,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         run = {"returncode": returncode, "wall_s": round(wall_s, 2), "timed_out": timed_out}
 
     summary, curve = summarize_run(run_dir, args.checkpoints_min, args.targets_db)
+    if isinstance(summary.get("script_config"), dict) and "outdir" in summary["script_config"]:
+        summary["script_config"]["outdir"] = run_dir_text  # as given, not the absolute path the script was handed
     result = {
         "benchmark": "train_to_psnr",
         "created": machine_info.iso_now(),

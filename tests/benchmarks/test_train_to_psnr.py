@@ -30,6 +30,7 @@ args = parser.parse_args()
 outdir = Path(args.outdir)
 (outdir / "test").mkdir(parents=True, exist_ok=True)
 (outdir / "argv.json").write_text(json.dumps(sys.argv[1:]))
+(outdir / "config.json").write_text(json.dumps({"outdir": args.outdir}))  # as the scripts save their config
 with open(outdir / "log.csv", "w") as log:
     log.write("step,loss,psnr,lr,elapsed_s,val_psnr\\n")
     for step in range(10, int(args.time_budget_s / 0.5) + 1, 10):
@@ -107,3 +108,23 @@ def test_psnr_at_a_checkpoint_is_the_last_check_at_or_before_it(tmp_path):
     assert [point["step"] for point in curve] == [2, 4]
     assert progress == {"final_step": 4, "train_elapsed_s": 40.0}
     assert psnr_at(curve, 19.9) is None and psnr_at(curve, 20.0) == 15.0 and psnr_at(curve, 39.0) == 15.0
+
+
+def test_a_relative_run_dir_is_recorded_as_given_not_as_this_machines_path(tmp_path, fake_script):
+    """The script is handed an absolute --outdir (it runs from the repository root), and saves it in its
+    config.json; the result file must keep the folder as the user gave it: no path of this machine in it."""
+    import shutil
+    import uuid
+
+    run_dir_text = f"runs/pytest-train-to-psnr-{uuid.uuid4().hex[:8]}"
+    try:
+        out = tmp_path / "relative"
+        done = run_harness(str(fake_script), "--time_budget_s", "20", "--eval_every", "20", "--run_dir", run_dir_text,
+                           "--out", str(out))
+        assert done.returncode == 0, done.stdout + done.stderr
+        result = json.loads(out.with_suffix(".json").read_text())
+        assert result["run_dir"] == run_dir_text
+        assert result["script_config"]["outdir"] == run_dir_text
+        assert str(REPO_ROOT) not in out.with_suffix(".json").read_text().replace(str(fake_script), "")
+    finally:
+        shutil.rmtree(REPO_ROOT / run_dir_text, ignore_errors=True)
