@@ -341,7 +341,9 @@ def learning_rate(cfg: Config, step: int, elapsed_s: float = 0.0) -> float:
     return decayed_learning_rate(cfg.lr, cfg.lr_final, step, cfg.iters, elapsed_s, cfg.time_budget_s)
 
 
-RAY_GRANULARITY = 128  # the ray count moves in multiples of this (as Instant-NGP's does)
+# The ray count moves in multiples of this. Instant-NGP rounds its count up to tiny-cuda-nn's batch granularity
+# (256 in its current version); 128 keeps the small batches of a CPU run a little finer.
+RAY_GRANULARITY = 128
 
 
 def next_batch_rays(n_rays: int, n_samples: int, cfg: Config) -> int:

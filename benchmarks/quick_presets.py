@@ -44,8 +44,8 @@ def run_quick(script: str, outdir: Path, extra: list[str]) -> dict:
     row = dict(command=shown, returncode=0, wall_s_total=round(wall, 1), train_elapsed_s=float(last["elapsed_s"]),
                steps=int(last["step"]), test_mean_psnr=round(metrics["mean_psnr"], 3),
                test_mean_ssim=round(metrics["mean_ssim"], 4), test_views=len(metrics["views"]))
-    for path in [REPO / outdir / "test" / "metrics.json", *sorted((REPO / outdir).glob("*.json"))]:
-        found = json.loads(path.read_text())  # 05 scores its mesh too (Chamfer distance to the exact surface)
+    for found in [metrics, *(json.loads(p.read_text()) for p in sorted((REPO / outdir).glob("*.json")))]:
+        # 05 scores its mesh too (Chamfer distance to the exact surface)
         for key in ("chamfer", "chamfer_over_diagonal"):
             if isinstance(found, dict) and key in found:
                 row[key] = round(float(found[key]), 5)

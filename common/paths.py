@@ -125,8 +125,8 @@ def orbit_path(c2w: torch.Tensor, n_frames: int = 120) -> torch.Tensor:
     c2w: (N, 4, 4) training poses. Returns (n_frames, 4, 4) float32.
     """
     c2w = c2w.float()
-    (centre, up, e1, e2, height, radius), start, span = _orbit_frame(c2w)
-    if span >= 2 * math.pi - ORBIT_MAX_GAP:  # the cameras surround the focus point: the whole circle
+    (centre, up, e1, e2, height, radius), start, span, surrounds = _orbit_frame(c2w)
+    if surrounds:  # the cameras surround the focus point: the whole circle
         angles = torch.linspace(0.0, 2.0 * math.pi, n_frames + 1)[:-1]  # (n,)
     else:  # one side only: from the camera after the widest gap, counter-clockwise to the one before it, and back
         phase = torch.linspace(0.0, 2.0 * math.pi, n_frames + 1)[:-1]  # (n,)
@@ -137,9 +137,10 @@ def orbit_path(c2w: torch.Tensor, n_frames: int = 120) -> torch.Tensor:
 
 def _orbit_frame(c2w: torch.Tensor):
     """Where the cameras are, seen from above their focus point: ((centre, up, e1, e2, mean height, mean
-    horizontal distance), start, span): the centre is `focus_point`, up the cameras' mean y axis, e1 points to
-    the first camera and e2 = up x e1; the cameras' azimuths cover the arc [start, start + span] (radians
-    counter-clockwise from e1) that leaves out the widest gap between two of them (span 2 pi - that gap)."""
+    horizontal distance), start, span, surrounds): the centre is `focus_point`, up the cameras' mean y axis, e1
+    points to the first camera and e2 = up x e1; the cameras' azimuths cover the arc [start, start + span]
+    (radians counter-clockwise from e1) that leaves out the widest gap between two of them (span 2 pi - that
+    gap); surrounds: that gap is at most ORBIT_MAX_GAP."""
     centre = focus_point(c2w)  # (3,)
     up = safe_normalize(c2w[:, :3, 1].sum(dim=0))  # (3,)
     offsets = c2w[:, :3, 3] - centre  # (N, 3)
@@ -151,7 +152,8 @@ def _orbit_frame(c2w: torch.Tensor):
     gaps = torch.diff(azimuths, append=azimuths[:1] + 2 * math.pi)  # (N,) gap after each sorted camera
     widest = int(gaps.argmax())
     start, span = float(azimuths[(widest + 1) % len(azimuths)]), 2 * math.pi - float(gaps[widest])
-    return (centre, up, e1, e2, float(heights.mean()), float(horizontal.norm(dim=-1).mean())), start, span
+    frame = (centre, up, e1, e2, float(heights.mean()), float(horizontal.norm(dim=-1).mean()))
+    return frame, start, span, float(gaps[widest]) <= ORBIT_MAX_GAP
 
 
 def default_video_path(c2w: torch.Tensor, n_frames: int) -> torch.Tensor:
@@ -162,10 +164,8 @@ def default_video_path(c2w: torch.Tensor, n_frames: int) -> torch.Tensor:
     c2w: (N, 4, 4) training poses. Returns (n_frames, 4, 4) float32."""
     c2w = c2w.float()
     radius = float(c2w[:, :3, 3].norm(dim=-1).mean())
-    up = safe_normalize(c2w[:, :3, 1].sum(dim=0))  # (3,) the cameras' mean image-up direction
-    _, start, span = _orbit_frame(c2w)
-    surrounds = span >= 2 * math.pi - ORBIT_MAX_GAP
-    if surrounds and float(focus_point(c2w).norm()) < 0.25 * radius and float(up[2]) > 0.9:
+    (centre, up, *_), _, _, surrounds = _orbit_frame(c2w)  # up: the cameras' mean image-up direction
+    if surrounds and float(centre.norm()) < 0.25 * radius and float(up[2]) > 0.9:
         return spherical_path(n_frames, radius=radius)
     return orbit_path(c2w, n_frames)
 
