@@ -14,6 +14,7 @@
     cli            dataclass -> argparse with range checks, device choice, one-line user errors, run_main
     numerics       named numerical guards (safe_exp, safe_normalize, safe_sqrt, eps constants)
     errors         UserError, Terminated (SIGTERM), warn (one warning line)
+    dispatch       many independent tasks here (N at a time), on a Ray cluster or as a SLURM array (submitit)
 
 Import the modules you need (`from common.datasets import load_scene`); importing `common` itself loads nothing.
 """

@@ -41,3 +41,32 @@ def lego_dir():
     if not (LEGO_DIR / "transforms_train.json").exists():
         pytest.skip(f"real lego scene not found at ../shared/data/nerf_synthetic/lego")
     return LEGO_DIR
+
+
+@pytest.fixture(scope="session")
+def local_ray_cluster(tmp_path_factory):
+    """A real local Ray cluster (`ray start --head`, 2 CPUs), started once for the session and stopped after it;
+    yields the address to pass as `ray_address`. Skips where Ray is not installed (requirements-cluster.txt)."""
+    import os
+    import socket
+    import subprocess
+
+    pytest.importorskip("ray", reason="Ray not installed (pip install -r requirements-cluster.txt)")
+    ray_cli = Path(sys.executable).parent / "ray"
+    with socket.socket() as s:  # a free port for the head's GCS
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp_dir = tmp_path_factory.mktemp("ray")
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(REPO_ROOT))
+    subprocess.run([str(ray_cli), "start", "--head", "--num-cpus=2", f"--port={port}", "--node-ip-address=127.0.0.1",
+                    "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+                   check=True, env=env, capture_output=True, timeout=120)
+    address = f"127.0.0.1:{port}"
+    try:
+        yield address
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        subprocess.run([str(ray_cli), "stop", "--force"], env=env, capture_output=True, timeout=120)
