@@ -35,6 +35,7 @@ from common.errors import UserError
 from common.evaluation import evaluate_split, final_evaluation
 from common.metrics import mse_to_psnr
 from common.rays import sample_ray_batch
+from common.run_folder import RunFolder
 from common.training import TrainingRun, check_finite, decayed_learning_rate, prepare_run, seed_everything
 from kernels import starts_from_counts
 from kernels.backend import resolve_backend
@@ -332,7 +333,7 @@ def train(cfg: Config) -> dict:
 
     return final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, background,
                             camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
-                            preset=cfg.preset, gt_protocol=cfg.gt_protocol)
+                            preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check)
 
 
 # ================================================================================================
@@ -358,7 +359,9 @@ def main(argv=None) -> dict:
     cfg = parse_config(Config, argv, presets=PRESETS)
     # The run folder checked; with --resume or --render_only, the settings of the checkpoint being continued.
     cfg = prepare_run(cfg, "01_nerf", required_keys=("coarse", "fine"))
-    return train(cfg)
+    # The folder is this run's until its last file is written (test renders, videos, mesh), not only while it trains.
+    with RunFolder(cfg.outdir):
+        return train(cfg)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from common.cli import RunConfig, parse_config, resolve_device, run_main
 from common.datasets import composite_on_background, load_scene
 from common.errors import UserError
+from common.evaluation import check_model_learned
 from common.llff import ForwardFacingScene, ndc_rays, ndc_to_world, spiral_poses
 from common.mesh import marching_cubes, sample_grid, write_ply
 from common.metrics import mse_to_psnr
@@ -47,6 +48,7 @@ from common.multiscale import build_multiscale, evaluate_levels, levels_of, load
 from common.numerics import DIVISION_EPS, safe_normalize
 from common.paths import load_camera_path, spherical_path
 from common.rays import rays_through_pixels
+from common.run_folder import RunFolder
 from common.training import TrainingRun, check_finite, prepare_run, seed_everything
 from common.video import colorize_depth, write_video
 from kernels import starts_from_counts
@@ -67,36 +69,42 @@ class Config(RunConfig):
     multiscale: bool = field(default=False, metadata={"help": "train and test on the multiscale version of a Blender scene (built once, cached)"})
     multiscale_dir: str = field(default="", metadata={"help": "where the multiscale cache goes (default: <outdir>/../<scene>_multiscale)"})
     multiscale_loss: bool = field(default=True, metadata={"help": "weight each pixel's loss by its area ratio 4^level (paper); off = 1 for all"})
-    llff_factor: int = field(default=4, metadata={"help": "LLFF scenes: read images_<factor>/ (paper: 4)"})
+    llff_factor: int = field(default=4, metadata={"help": "LLFF scenes: read images_<factor>/ (paper: 4)", "min": 1})
     # --- model (Sec. 3, google/mipnerf models.py) ---
-    min_deg: int = field(default=0, metadata={"help": "lowest IPE frequency 2^min_deg (Eq. 14)"})
-    max_deg: int = field(default=16, metadata={"help": "IPE frequencies 2^min_deg .. 2^(max_deg-1): 3*2*16 = 96 features"})
-    deg_view: int = field(default=4, metadata={"help": "frequencies of the view-direction PE (with the identity: 27 features)"})
-    net_depth: int = field(default=8, metadata={"help": "layers of the trunk"})
-    net_width: int = field(default=256, metadata={"help": "units per trunk layer"})
-    skip_layer: int = field(default=4, metadata={"help": "the input is concatenated again after layer index skip_layer (the 6th layer sees it)"})
-    net_width_view: int = field(default=128, metadata={"help": "units of the one view-dependent layer"})
-    density_bias: float = field(default=-1.0, metadata={"help": "sigma = softplus(raw + bias)"})
-    rgb_padding: float = field(default=0.001, metadata={"help": "rgb = sigmoid(raw) * (1 + 2 eps) - eps"})
-    density_noise: float = field(default=-1.0, metadata={"help": "std of Gaussian noise on raw density while training; -1 = paper's (1 for LLFF, else 0)"})
+    min_deg: int = field(default=0, metadata={"help": "lowest IPE frequency 2^min_deg (Eq. 14)", "min": 0})
+    max_deg: int = field(default=16, metadata={"help": "IPE frequencies 2^min_deg .. 2^(max_deg-1): 3*2*16 = 96 features", "min": 1})
+    deg_view: int = field(default=4, metadata={"help": "frequencies of the view-direction PE (with the identity: 27 features)", "min": 0})
+    net_depth: int = field(default=8, metadata={"help": "layers of the trunk", "min": 1})
+    net_width: int = field(default=256, metadata={"help": "units per trunk layer", "min": 1})
+    skip_layer: int = field(default=4, metadata={"help": "the input is concatenated again after layer index skip_layer (the 6th layer sees it)", "min": 0})
+    net_width_view: int = field(default=128, metadata={"help": "units of the one view-dependent layer", "min": 1})
+    density_bias: float = field(default=-1.0, metadata={"help": "sigma = softplus(raw + bias)", "finite": True})
+    rgb_padding: float = field(default=0.001, metadata={"help": "rgb = sigmoid(raw) * (1 + 2 eps) - eps", "min": 0, "below": 0.5})
+    density_noise: float = field(default=-1.0, metadata={"help": "std of Gaussian noise on raw density while training; -1 = paper's (1 for LLFF, else 0)", "min": -1})
     ray_shape: str = field(default="auto", metadata={"help": "cone | cylinder | auto (paper: cylinder for LLFF/NDC, cone otherwise)"})
     disable_integration: bool = field(default=False, metadata={"help": "ablation: zero covariance, IPE becomes NeRF's PE"})
     # --- rendering (Sec. 3.2) ---
-    n_samples: int = field(default=128, metadata={"help": "intervals per ray at each of the two levels"})
-    resample_padding: float = field(default=0.01, metadata={"help": "alpha added to the blurred coarse weights before resampling"})
-    chunk: int = field(default=4096, metadata={"help": "rays per forward pass when rendering whole images"})
+    n_samples: int = field(default=128, metadata={"help": "intervals per ray at each of the two levels", "min": 1})
+    resample_padding: float = field(default=0.01, metadata={"help": "alpha added to the blurred coarse weights before resampling", "min": 0})
+    chunk: int = field(default=4096, metadata={"help": "rays per forward pass when rendering whole images", "min": 1})
     # --- optimisation (google/mipnerf utils.py Config) ---
-    batch_rays: int = field(default=4096, metadata={"help": "rays per iteration"})
-    lr: float = field(default=5e-4, metadata={"help": "learning rate at the start of the log-linear decay"})
-    lr_final: float = field(default=5e-6, metadata={"help": "learning rate at the last iteration"})
-    lr_delay_steps: int = field(default=2500, metadata={"help": "sine warm-up length"})
-    lr_delay_mult: float = field(default=0.01, metadata={"help": "the warm-up starts at lr * this"})
-    coarse_loss_mult: float = field(default=0.1, metadata={"help": "weight of the coarse level's loss (lambda)"})
+    batch_rays: int = field(default=4096, metadata={"help": "rays per iteration", "min": 1})
+    lr: float = field(default=5e-4, metadata={"help": "learning rate at the start of the log-linear decay", "above": 0})
+    lr_final: float = field(default=5e-6, metadata={"help": "learning rate at the last iteration", "above": 0})
+    lr_delay_steps: int = field(default=2500, metadata={"help": "sine warm-up length", "min": 0})
+    lr_delay_mult: float = field(default=0.01, metadata={"help": "the warm-up starts at lr * this", "min": 0, "max": 1})
+    coarse_loss_mult: float = field(default=0.1, metadata={"help": "weight of the coarse level's loss (lambda)", "min": 0})
     mixed_precision: bool = field(default=False, metadata={"help": "fp16 autocast for the MLP on a GPU, compositing stays fp32 (the paper trains in fp32; unmeasured here)"})
     # --- outputs ---
     export_mesh: bool = field(default=False, metadata={"help": "write mesh.ply: marching cubes of the density in the scene box"})
-    mesh_resolution: int = field(default=256, metadata={"help": "grid nodes per axis for --export_mesh"})
-    mesh_threshold: float = field(default=50.0, metadata={"help": "density level of the surface for --export_mesh"})
+    mesh_resolution: int = field(default=256, metadata={"help": "grid nodes per axis for --export_mesh", "min": 2})
+    mesh_threshold: float = field(default=50.0, metadata={"help": "density level of the surface for --export_mesh", "above": 0})
+
+    def check(self) -> None:
+        """Settings that depend on each other, checked once after parsing (common/cli.py, parse_config)."""
+        if self.min_deg >= self.max_deg:
+            raise UserError(f"--min_deg {self.min_deg} --max_deg {self.max_deg}: the IPE needs min_deg < max_deg "
+                            f"(its frequencies are 2^min_deg .. 2^(max_deg-1))")
 
 
 PRESETS = {
@@ -477,6 +485,7 @@ def train(cfg: Config) -> dict:
     outdir = Path(cfg.outdir)
     metrics = evaluate(render_view_fn, scene, outdir, cfg, iters=run.step, backend=backend, device=str(device),
                        preset=cfg.preset)
+    check_model_learned(metrics, keep_going=not cfg.dead_model_check)  # a dead model stops here, before videos
     if cfg.video_frames > 0 or cfg.camera_path:
         videos = render_videos(render_view_fn, scene, outdir, cfg.video_frames, cfg.camera_path)
         print("videos: " + ", ".join(str(v) for v in videos))
@@ -606,7 +615,9 @@ def main(argv=None) -> dict:
     # The run folder checked; with --resume or --render_only, the settings of the checkpoint being continued.
     cfg = prepare_run(cfg, "02_mipnerf", required_keys=("mlp",),
                       output_settings=("export_mesh", "mesh_resolution", "mesh_threshold"))
-    return train(cfg)
+    # The folder is this run's until its last file is written (test renders, videos, mesh), not only while it trains.
+    with RunFolder(cfg.outdir):
+        return train(cfg)
 
 
 if __name__ == "__main__":

@@ -39,12 +39,14 @@ import torch.nn.functional as F
 
 from common.cli import RunConfig, parse_config, resolve_device, run_main
 from common.datasets import composite_on_background, load_scene
+from common.errors import UserError
 from common.evaluation import evaluate_split, final_evaluation, render_view
 from common.llff360 import load_llff360
 from common.metrics import mse_to_psnr
 from common.numerics import NORM_EPS
 from common.paths import focus_point, orbit_path, spiral_path
 from common.rays import sample_ray_batch
+from common.run_folder import RunFolder
 from common.training import TrainingRun, check_finite, prepare_run, seed_everything
 from common.video import colorize_depth, write_video
 from kernels.backend import resolve_backend
@@ -67,40 +69,45 @@ class Config(RunConfig):
     scene: str = field(default="builtin_unbounded", metadata={"help": "builtin_unbounded (generated: objects inside a distant sky), builtin, a Blender scene name, or a folder: Blender layout, a transforms.json capture (Instant-NGP's fox), or a 360 capture with poses_bounds.npy + images_N/ (N = --downscale)"})
     iters: int = field(default=250_000, metadata={"help": "training iterations (paper: 250k at 16384 rays)"})
     # --- rays (Sec. 2, Eq. 11) ---
-    near: float = field(default=0.2, metadata={"help": "t_n, near plane of every ray (scene units)"})
-    far: float = field(default=1e6, metadata={"help": "t_f, far plane; the last interval is opaque (its alpha is 1)"})
+    near: float = field(default=0.2, metadata={"help": "t_n, near plane of every ray (scene units)", "above": 0})
+    far: float = field(default=1e6, metadata={"help": "t_f, far plane; the last interval is opaque (its alpha is 1)", "above": 0})
     # --- networks (Sec. 3, multinerf 360.gin) ---
-    nerf_depth: int = field(default=8, metadata={"help": "layers of the NeRF MLP"})
-    nerf_width: int = field(default=1024, metadata={"help": "units per layer of the NeRF MLP"})
-    prop_depth: int = field(default=4, metadata={"help": "layers of the proposal MLP (density only)"})
-    prop_width: int = field(default=256, metadata={"help": "units per layer of the proposal MLP"})
-    skip_layer: int = field(default=4, metadata={"help": "the input is concatenated again after layer index this (multinerf: i %% 4 == 0, i > 0)"})
-    bottleneck_width: int = field(default=256, metadata={"help": "NeRF MLP feature passed to the view-dependent branch"})
-    view_width: int = field(default=128, metadata={"help": "units of the one-layer view-dependent branch"})
-    max_deg_point: int = field(default=12, metadata={"help": "IPE frequencies 2^0..2^(this-1) of contracted points"})
-    deg_view: int = field(default=4, metadata={"help": "positional-encoding frequencies of the view direction"})
+    nerf_depth: int = field(default=8, metadata={"help": "layers of the NeRF MLP", "min": 1})
+    nerf_width: int = field(default=1024, metadata={"help": "units per layer of the NeRF MLP", "min": 1})
+    prop_depth: int = field(default=4, metadata={"help": "layers of the proposal MLP (density only)", "min": 1})
+    prop_width: int = field(default=256, metadata={"help": "units per layer of the proposal MLP", "min": 1})
+    skip_layer: int = field(default=4, metadata={"help": "the input is concatenated again after layer index this (multinerf: i % 4 == 0, i > 0)", "min": 1})
+    bottleneck_width: int = field(default=256, metadata={"help": "NeRF MLP feature passed to the view-dependent branch", "min": 1})
+    view_width: int = field(default=128, metadata={"help": "units of the one-layer view-dependent branch", "min": 1})
+    max_deg_point: int = field(default=12, metadata={"help": "IPE frequencies 2^0..2^(this-1) of contracted points", "min": 1})
+    deg_view: int = field(default=4, metadata={"help": "positional-encoding frequencies of the view direction", "min": 0})
     # --- sampling (Sec. 3, multinerf Model.__call__) ---
-    n_prop_samples: tuple[int, ...] = field(default=(64, 64), metadata={"help": "intervals per proposal round (one proposal MLP, queried once per round)"})
-    n_nerf_samples: int = field(default=32, metadata={"help": "intervals at which the NeRF MLP is evaluated"})
-    dilation_bias: float = field(default=0.0025, metadata={"help": "proposal histogram dilation: bias + multiplier / (product of the sample counts so far) (multinerf)"})
-    dilation_multiplier: float = field(default=0.5, metadata={"help": "see dilation_bias"})
-    anneal_slope: float = field(default=10.0, metadata={"help": "resampling weights are raised to the power bias(train_frac, this) (multinerf)"})
-    resample_padding: float = field(default=0.0, metadata={"help": "added to the weights before resampling (0 in 360.gin)"})
+    n_prop_samples: tuple[int, ...] = field(default=(64, 64), metadata={"help": "intervals per proposal round (one proposal MLP, queried once per round)", "min": 2})
+    n_nerf_samples: int = field(default=32, metadata={"help": "intervals at which the NeRF MLP is evaluated", "min": 2})
+    dilation_bias: float = field(default=0.0025, metadata={"help": "proposal histogram dilation: bias + multiplier / (product of the sample counts so far) (multinerf)", "min": 0})
+    dilation_multiplier: float = field(default=0.5, metadata={"help": "see dilation_bias", "min": 0})
+    anneal_slope: float = field(default=10.0, metadata={"help": "resampling weights are raised to the power bias(train_frac, this) (multinerf)", "above": 0})
+    resample_padding: float = field(default=0.0, metadata={"help": "added to the weights before resampling (0 in 360.gin)", "min": 0})
     # --- losses (Sec. 4, Eq. 13, 15) ---
-    charb_padding: float = field(default=0.001, metadata={"help": "epsilon of the Charbonnier data loss sqrt(x^2 + eps^2)"})
-    interlevel_loss_mult: float = field(default=1.0, metadata={"help": "weight of the proposal (interlevel) loss, Eq. 13"})
-    distortion_loss_mult: float = field(default=0.01, metadata={"help": "lambda of the distortion loss, Eq. 15"})
+    charb_padding: float = field(default=0.001, metadata={"help": "epsilon of the Charbonnier data loss sqrt(x^2 + eps^2)", "above": 0})
+    interlevel_loss_mult: float = field(default=1.0, metadata={"help": "weight of the proposal (interlevel) loss, Eq. 13", "min": 0})
+    distortion_loss_mult: float = field(default=0.01, metadata={"help": "lambda of the distortion loss, Eq. 15", "min": 0})
     # --- optimisation ---
-    batch_rays: int = field(default=PAPER_BATCH_RAYS, metadata={"help": "rays per iteration (paper: 16384). Linear scaling rule (multinerf's maintainers): if you divide the batch by k, multiply --iters and --lr_delay_steps by k and divide --lr and --lr_final by k; --linear_scaling does it for you"})
+    batch_rays: int = field(default=PAPER_BATCH_RAYS, metadata={"help": "rays per iteration (paper: 16384). Linear scaling rule (multinerf's maintainers): if you divide the batch by k, multiply --iters and --lr_delay_steps by k and divide --lr and --lr_final by k; --linear_scaling does it for you", "min": 1})
     linear_scaling: bool = field(default=False, metadata={"help": "apply the linear scaling rule to iters, lr, lr_final and lr_delay_steps relative to the paper's 16384 rays"})
-    lr: float = field(default=2e-3, metadata={"help": "Adam learning rate at the start (log-linear decay)"})
-    lr_final: float = field(default=2e-5, metadata={"help": "learning rate at the last iteration"})
-    lr_delay_steps: int = field(default=512, metadata={"help": "warm-up steps: lr is scaled by a sine ease-in from lr_delay_mult to 1"})
-    lr_delay_mult: float = field(default=0.01, metadata={"help": "lr scale at step 0"})
-    adam_eps: float = field(default=1e-6, metadata={"help": "Adam epsilon (multinerf: 1e-6)"})
-    grad_max_norm: float = field(default=1e-3, metadata={"help": "clip each MLP's gradient to this norm separately (0 = off)"})
-    chunk: int = field(default=4096, metadata={"help": "rays per forward pass when rendering whole images"})
+    lr: float = field(default=2e-3, metadata={"help": "Adam learning rate at the start (log-linear decay)", "above": 0})
+    lr_final: float = field(default=2e-5, metadata={"help": "learning rate at the last iteration", "above": 0})
+    lr_delay_steps: int = field(default=512, metadata={"help": "warm-up steps: lr is scaled by a sine ease-in from lr_delay_mult to 1", "min": 0})
+    lr_delay_mult: float = field(default=0.01, metadata={"help": "lr scale at step 0", "min": 0, "max": 1})
+    adam_eps: float = field(default=1e-6, metadata={"help": "Adam epsilon (multinerf: 1e-6)", "above": 0})
+    grad_max_norm: float = field(default=1e-3, metadata={"help": "clip each MLP's gradient to this norm separately (0 = off)", "min": 0})
+    chunk: int = field(default=4096, metadata={"help": "rays per forward pass when rendering whole images", "min": 1})
     mixed_precision: bool = field(default=True, metadata={"help": "fp16 autocast for the MLPs on a GPU only (sampling, CDFs and losses stay fp32); not measured in this project"})
+
+    def check(self) -> None:
+        """Settings that depend on each other, checked once after parsing (common/cli.py, parse_config)."""
+        if not self.near < self.far:
+            raise UserError(f"--near {self.near:g} --far {self.far:g}: the near plane must be closer than the far one")
 
 
 # Presets: named sets of overrides. Explicit command-line values always win over a preset.
@@ -545,7 +552,7 @@ def train(cfg: Config) -> dict:
 
     metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, 0, background,
                                camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
-                               preset=cfg.preset, gt_protocol=cfg.gt_protocol)
+                               preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check)
     if cfg.video_frames > 0:  # an orbit and a spiral, each in colour and depth
         videos = render_videos(render_fn, scene, Path(cfg.outdir), cfg.video_frames)
         print("videos: " + ", ".join(str(v) for v in videos))
@@ -603,7 +610,9 @@ def main(argv=None) -> dict:
         cfg = apply_linear_scaling(cfg)
     # The run folder checked; with --resume or --render_only, the settings of the checkpoint being continued.
     cfg = prepare_run(cfg, "03_mipnerf360", required_keys=("prop_mlp", "nerf_mlp"))
-    return train(cfg)
+    # The folder is this run's until its last file is written (test renders, videos, mesh), not only while it trains.
+    with RunFolder(cfg.outdir):
+        return train(cfg)
 
 
 if __name__ == "__main__":

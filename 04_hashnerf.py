@@ -37,6 +37,7 @@ from common.evaluation import evaluate_split, final_evaluation
 from common.mesh import marching_cubes, sample_grid, write_ply
 from common.metrics import mse_to_psnr
 from common.rays import sample_ray_batch
+from common.run_folder import RunFolder
 from common.training import TrainingRun, check_finite, decayed_learning_rate, prepare_run, seed_everything
 from kernels import ray_indices_from_counts
 from kernels.backend import resolve_backend
@@ -447,7 +448,7 @@ def train(cfg: Config) -> dict:
 
     metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, test_background,
                                camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
-                               preset=cfg.preset, gt_protocol=cfg.gt_protocol)
+                               preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check)
     if cfg.export_mesh:
         export_mesh(field_, aabb, cfg, backend, device)
     return metrics
@@ -486,7 +487,9 @@ def main(argv=None) -> dict:
     # The run folder checked; with --resume or --render_only, the settings of the checkpoint being continued.
     cfg = prepare_run(cfg, "04_hashnerf", required_keys=("field", "grid"),
                       output_settings=("export_mesh", "mesh_resolution", "mesh_threshold"))
-    return train(cfg)
+    # The folder is this run's until its last file is written (test renders, videos, mesh), not only while it trains.
+    with RunFolder(cfg.outdir):
+        return train(cfg)
 
 
 if __name__ == "__main__":

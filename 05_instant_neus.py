@@ -45,12 +45,13 @@ import torch.nn.functional as F
 from common.cli import RunConfig, parse_config, resolve_device, run_main
 from common.datasets import background_color, composite_on_background, load_scene
 from common.errors import UserError
-from common.evaluation import evaluate_split, final_evaluation, render_view
+from common.evaluation import check_model_learned, evaluate_split, final_evaluation, render_view
 from common.mesh import marching_cubes, sample_grid, write_ply
 from common.metrics import chamfer_distance, mse_to_psnr, sample_mesh_surface
 from common.numerics import safe_normalize
 from common.paths import spherical_path
 from common.rays import sample_ray_batch
+from common.run_folder import RunFolder
 from common.training import TrainingRun, check_finite, prepare_run, seed_everything, write_json
 from common.video import save_image, write_video
 from common.visual_hull import carve_grid, hull_bbox
@@ -86,52 +87,61 @@ class Config(RunConfig):
 
     iters: int = field(default=20_000, metadata={"help": "training iterations (instant-nsr-pl: 20k)"})
     # --- hash-grid SDF (instant-nsr-pl neus-dtu, Jittor ProgressiveBandHashGrid) ---
-    n_levels: int = field(default=16, metadata={"help": "L, hash-grid levels"})
-    n_features: int = field(default=2, metadata={"help": "F, features per level"})
-    log2_table_size: int = field(default=19, metadata={"help": "T = 2^this table entries per level"})
-    base_resolution: int = field(default=32, metadata={"help": "coarsest grid resolution (Instant-NeuS: 32)"})
-    max_resolution: int = field(default=2048, metadata={"help": "finest grid resolution"})
-    hidden_width: int = field(default=64, metadata={"help": "units of the SDF MLP's one hidden layer and the colour MLP"})
-    geo_features: int = field(default=12, metadata={"help": "geometry features passed from the SDF MLP to colour (instant-nsr-pl: 12 + the SDF; Jittor: 64)"})
-    init_radius: float = field(default=0.5, metadata={"help": "the sphere (geometric) initialisation's radius, unit frame"})
+    n_levels: int = field(default=16, metadata={"help": "L, hash-grid levels", "min": 1})
+    n_features: int = field(default=2, metadata={"help": "F, features per level", "min": 1, "max": 8})
+    log2_table_size: int = field(default=19, metadata={"help": "T = 2^this table entries per level", "min": 1, "max": 30})
+    base_resolution: int = field(default=32, metadata={"help": "coarsest grid resolution (Instant-NeuS: 32)", "min": 1})
+    max_resolution: int = field(default=2048, metadata={"help": "finest grid resolution", "min": 1})
+    hidden_width: int = field(default=64, metadata={"help": "units of the SDF MLP's one hidden layer and the colour MLP", "min": 1})
+    geo_features: int = field(default=12, metadata={"help": "geometry features passed from the SDF MLP to colour (instant-nsr-pl: 12 + the SDF; Jittor: 64)", "min": 0})
+    init_radius: float = field(default=0.5, metadata={"help": "the sphere (geometric) initialisation's radius, unit frame", "above": 0, "max": 1})
     # --- NeuS (Sec. 3) ---
-    init_variance: float = field(default=0.3, metadata={"help": "s = exp(10 * variance) at the start (NeuS: 0.3, s = e^3)"})
-    anneal_end: int = field(default=20_000, metadata={"help": "cosine annealing ends at this step (Jittor: 20k; NeuS wmask: 0)"})
+    init_variance: float = field(default=0.3, metadata={"help": "s = exp(10 * variance) at the start (NeuS: 0.3, s = e^3)", "finite": True})
+    anneal_end: int = field(default=20_000, metadata={"help": "cosine annealing ends at this step (Jittor: 20k; NeuS wmask: 0)", "min": 0})
     # --- the Instant-NeuS features, each a flag ---
     numerical_gradients: bool = field(default=True, metadata={"help": "central differences for the SDF gradient (else autograd; needs --backend torch)"})
     progressive_levels: bool = field(default=True, metadata={"help": "switch hash levels on one at a time"})
-    start_level: int = field(default=4, metadata={"help": "levels active at step 0 (Instant-NeuS: 4)"})
-    level_every: int = field(default=2000, metadata={"help": "steps between level additions (Jittor: 2000; instant-nsr-pl: 1000)"})
+    start_level: int = field(default=4, metadata={"help": "levels active at step 0 (Instant-NeuS: 4)", "min": 1})
+    level_every: int = field(default=2000, metadata={"help": "steps between level additions (Jittor: 2000; instant-nsr-pl: 1000)", "min": 1})
     visual_hull: bool = field(default=True, metadata={"help": "carve the occupancy grid with every view's mask before training"})
     post_decoding: bool = field(default=False, metadata={"help": "composite geometry features along the ray, decode colour once per ray"})
-    curvature_weight: float = field(default=5e-4, metadata={"help": "weight of the mean |Laplacian of f| (Neuralangelo / Jittor scan24: 5e-4)"})
-    curvature_warmup: int = field(default=5000, metadata={"help": "curvature weight ramps up linearly over these steps, then decays per added level (Neuralangelo)"})
+    curvature_weight: float = field(default=5e-4, metadata={"help": "weight of the mean |Laplacian of f| (Neuralangelo / Jittor scan24: 5e-4)", "min": 0})
+    curvature_warmup: int = field(default=5000, metadata={"help": "curvature weight ramps up linearly over these steps, then decays per added level (Neuralangelo)", "min": 0})
     calc_bbox: bool = field(default=False, metadata={"help": "estimate the object's box from the masks, print it as --bbox, exit"})
-    bbox: Optional[list[float]] = field(default=None, metadata={"help": "the object's box: xmin ymin zmin xmax ymax zmax (scene frame); the cube around it is the unit frame"})
+    bbox: Optional[list[float]] = field(default=None, metadata={"help": "the object's box: xmin ymin zmin xmax ymax zmax (scene frame); the cube around it is the unit frame", "count": 6, "finite": True})
     # --- occupancy grid and marching (instant-nsr-pl on nerfacc) ---
-    grid_resolution: int = field(default=128, metadata={"help": "occupancy grid cells per side"})
-    grid_update_every: int = field(default=16, metadata={"help": "steps between grid updates"})
-    grid_warmup: int = field(default=256, metadata={"help": "steps during which every cell is updated"})
-    grid_threshold: float = field(default=0.001, metadata={"help": "a cell is occupied when its NeuS opacity over one step is above this"})
-    grid_decay: float = field(default=0.95, metadata={"help": "decay of the running max per update"})
+    grid_resolution: int = field(default=128, metadata={"help": "occupancy grid cells per side", "min": 2, "multiple_of": 2})
+    grid_update_every: int = field(default=16, metadata={"help": "steps between grid updates", "min": 1})
+    grid_warmup: int = field(default=256, metadata={"help": "steps during which every cell is updated", "min": 0})
+    grid_threshold: float = field(default=0.001, metadata={"help": "a cell is occupied when its NeuS opacity over one step is above this", "min": 0})
+    grid_decay: float = field(default=0.95, metadata={"help": "decay of the running max per update", "min": 0, "max": 1})
     grid_policy: Literal["paper", "cheap"] = field(default="cheap", metadata={"help": "04's update_occupancy_grid policies: cheap (G^3/4 cells per update after the warm-up, only those decay; what this script has always used) or paper (Instant-NGP App. E.2: every cell decays, G^3/2 re-measured)"})
-    steps_per_diagonal: int = field(default=1024, metadata={"help": "step = box diagonal / this (instant-nsr-pl: 1.732 * 2 / 1024)"})
-    max_samples: int = field(default=1024, metadata={"help": "cap on samples per ray"})
-    early_stop_eps: float = field(default=1e-4, metadata={"help": "stop compositing a ray once its transmittance is below this"})
-    chunk: int = field(default=4096, metadata={"help": "rays per forward pass when rendering whole images"})
+    steps_per_diagonal: int = field(default=1024, metadata={"help": "step = box diagonal / this (instant-nsr-pl: 1.732 * 2 / 1024)", "min": 1})
+    max_samples: int = field(default=1024, metadata={"help": "cap on samples per ray", "min": 1})
+    early_stop_eps: float = field(default=1e-4, metadata={"help": "stop compositing a ray once its transmittance is below this", "min": 0, "below": 1})
+    chunk: int = field(default=4096, metadata={"help": "rays per forward pass when rendering whole images", "min": 1})
     # --- losses (NeuS Sec. 3.4) ---
-    eikonal_weight: float = field(default=0.1, metadata={"help": "weight of (|grad f| - 1)^2 (NeuS: 0.1)"})
-    mask_weight: float = field(default=0.1, metadata={"help": "weight of the mask BCE on the opacity (NeuS wmask: 0.1; Jittor: 1.0)"})
+    eikonal_weight: float = field(default=0.1, metadata={"help": "weight of (|grad f| - 1)^2 (NeuS: 0.1)", "min": 0})
+    mask_weight: float = field(default=0.1, metadata={"help": "weight of the mask BCE on the opacity (NeuS wmask: 0.1; Jittor: 1.0)", "min": 0})
     # --- optimisation (instant-nsr-pl) ---
-    batch_rays: int = field(default=1024, metadata={"help": "rays per step (Jittor: 1024; instant-nsr-pl grows a dynamic batch)"})
-    lr: float = field(default=1e-2, metadata={"help": "Adam learning rate of the hash table and MLPs"})
-    variance_lr: float = field(default=1e-3, metadata={"help": "learning rate of the sharpness s (10x lower)"})
-    warmup_iters: int = field(default=500, metadata={"help": "linear learning-rate warm-up from 1% (instant-nsr-pl Blender)"})
-    lr_final_ratio: float = field(default=0.1, metadata={"help": "the learning rate decays exponentially to lr * this"})
+    batch_rays: int = field(default=1024, metadata={"help": "rays per step (Jittor: 1024; instant-nsr-pl grows a dynamic batch)", "min": 1})
+    lr: float = field(default=1e-2, metadata={"help": "Adam learning rate of the hash table and MLPs", "above": 0})
+    variance_lr: float = field(default=1e-3, metadata={"help": "learning rate of the sharpness s (10x lower)", "min": 0})
+    warmup_iters: int = field(default=500, metadata={"help": "linear learning-rate warm-up from 1% (instant-nsr-pl Blender)", "min": 0})
+    lr_final_ratio: float = field(default=0.1, metadata={"help": "the learning rate decays exponentially to lr * this", "above": 0, "max": 1})
     # --- meshes ---
-    mesh_resolution: int = field(default=512, metadata={"help": "marching-cubes grid per side (NeuS: 512)"})
+    mesh_resolution: int = field(default=512, metadata={"help": "marching-cubes grid per side (NeuS: 512)", "min": 2})
     export_mesh: bool = field(default=False, metadata={"help": "no training: mesh the latest checkpoint of --outdir (rebuilt from its saved config) into <outdir>/mesh.ply"})
-    chamfer_points: int = field(default=100_000, metadata={"help": "points sampled on the mesh and the reference for Chamfer"})
+    chamfer_points: int = field(default=100_000, metadata={"help": "points sampled on the mesh and the reference for Chamfer", "min": 1})
+
+    def check(self) -> None:
+        """Settings that depend on each other, checked once after parsing (common/cli.py, parse_config)."""
+        if self.bbox is not None and not all(low < high for low, high in zip(self.bbox[:3], self.bbox[3:])):
+            shown = " ".join(f"{v:g}" for v in self.bbox)
+            raise UserError(f"--bbox {shown}: give xmin ymin zmin xmax ymax zmax, each max above its min")
+        if not self.numerical_gradients and self.backend in ("cuda", "emulated"):
+            raise UserError(f"--no-numerical_gradients needs --backend torch: autograd's second derivative (the "
+                            f"eikonal loss) runs through the PyTorch hash encoding only, not --backend {self.backend}")
 
 
 PRESETS = {
@@ -394,9 +404,7 @@ def update_grid(grid: OccupancyGrid, field_: NeuSField, hull: torch.Tensor, cfg:
 
 def unit_frame(scene, cfg: Config) -> tuple[torch.Tensor, float]:
     """Centre and half size of the cube that becomes [-1, 1]^3: the cube around --bbox, else around the scene box."""
-    box = torch.tensor(cfg.bbox, dtype=torch.float32).view(2, 3) if cfg.bbox else scene.aabb
-    if cfg.bbox and not bool((box[1] > box[0]).all()):
-        raise UserError(f"--bbox needs xmin ymin zmin xmax ymax zmax with each max above its min, got {cfg.bbox}")
+    box = torch.tensor(cfg.bbox, dtype=torch.float32).view(2, 3) if cfg.bbox else scene.aabb  # Config.check: min < max
     return 0.5 * (box[0] + box[1]), float((box[1] - box[0]).max()) / 2
 
 
@@ -507,10 +515,13 @@ def train(cfg: Config) -> dict:
                                        inv_s=round(field_.inv_s().item(), 2), levels=field_.active_levels))
 
     if cfg.export_mesh:  # --export_mesh --outdir <run>: only the mesh of its latest checkpoint
+        # First one test view against a constant image: a dead model's SDF would mesh into a huge shapeless file.
+        check_model_learned(evaluate_split(render_fn, scene.splits["test"], None, n_views=1, background=test_background,
+                                           progress=False), keep_going=not cfg.dead_model_check)
         return extract_and_score_mesh(field_, frame, scene, cfg, backend, device, Path(cfg.outdir) / "mesh.ply")
     metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, test_background,
                                camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
-                               preset=cfg.preset, gt_protocol=cfg.gt_protocol)
+                               preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check)
     render_normals(render_fn, scene, Path(cfg.outdir), cfg)
     metrics.update(extract_and_score_mesh(field_, frame, scene, cfg, backend, device, Path(cfg.outdir) / "mesh.ply"))
     write_json(Path(cfg.outdir) / "test" / "metrics.json", metrics)
@@ -639,7 +650,9 @@ def main(argv=None) -> dict:
     # The run folder checked; with --resume or --render_only, the settings of the checkpoint being continued.
     cfg = prepare_run(cfg, "05_instant_neus", required_keys=("field", "grid", "hull"),
                       output_settings=("export_mesh", "mesh_resolution", "chamfer_points"))
-    return train(cfg)
+    # The folder is this run's until its last file is written (test renders, videos, mesh), not only while it trains.
+    with RunFolder(cfg.outdir):
+        return train(cfg)
 
 
 if __name__ == "__main__":

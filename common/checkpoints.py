@@ -5,6 +5,7 @@ for `--resume`, `load_latest_valid_checkpoint` reads the newest one that can be 
 damaged one), and `resume_config` checks that the run being resumed is the one the checkpoint came from.
 """
 import dataclasses
+import errno
 import os
 import re
 import secrets
@@ -30,19 +31,33 @@ def save_checkpoint(path, state: dict) -> Path:
     the previous checkpoint or the new one, never half of one, and the temporary file is removed.
     The file gets the permissions of every other output (0666 less the umask, e.g. group-readable), not the
     owner-only 0600 of tempfile.mkstemp, so that a group sharing the run folder can resume or evaluate it.
+
+    A write that fails (a full disk, a quota, an I/O error) raises a one-line UserError saying that nothing
+    was replaced and naming the checkpoint that survives; a Ctrl-C or SIGTERM during the write is raised as
+    that KeyboardInterrupt (or common.errors.Terminated). torch.save reports both as a RuntimeError of its zip
+    writer ("unexpected pos ..."), whose context holds the real cause: that used to reach the user as a
+    traceback from inside torch.save.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_name = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_name = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the kernel applies the umask
+    except OSError as err:
+        raise _write_failed(path, err) from err
     try:
         with os.fdopen(fd, "wb") as file:
             torch.save(state, file)
             file.flush()
             os.fsync(file.fileno())  # the data is on disk before the rename makes it visible
         os.replace(tmp_name, path)
-    except BaseException:  # also on KeyboardInterrupt: never leave a temporary file behind
+    except BaseException as err:  # also on KeyboardInterrupt: never leave a temporary file behind
         Path(tmp_name).unlink(missing_ok=True)
+        cause = _first_in_chain(err, (KeyboardInterrupt, OSError))
+        if isinstance(cause, KeyboardInterrupt) and cause is not err:
+            raise cause.with_traceback(None) from None
+        if isinstance(cause, OSError):
+            raise _write_failed(path, cause) from err
         raise
     try:  # make the rename itself durable (POSIX; not possible on every platform/file system)
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -53,6 +68,30 @@ def save_checkpoint(path, state: dict) -> Path:
     except OSError:
         pass
     return path
+
+
+def _first_in_chain(err: BaseException, types: tuple):
+    """The first exception of one of `types` in err, its context, the context's context, ... (None if none)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, types):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _write_failed(path: Path, err: OSError) -> UserError:
+    """The one line for a checkpoint that could not be written: why, and which checkpoint survives."""
+    reason = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+              errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}.get(err.errno, err.strerror
+                                                                                         or str(err))
+    previous = latest_checkpoint(path.parent)
+    survivor = (f"the previous checkpoint {previous} survives" if previous is not None
+                else "there is no earlier checkpoint")
+    fix = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix that"
+    return UserError(f"cannot write checkpoint {path} ({reason}): nothing was replaced, {survivor}; {fix} and "
+                     f"continue with --resume")
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -146,6 +185,7 @@ RESUMABLE_FIELDS = frozenset({
     "iters", "time_budget_s", "log_every", "eval_every", "ckpt_every", "n_test_views", "video_frames",
     "chunk", "device", "backend", "resume", "outdir", "cli_options", "render_only", "camera_path",
     "export_mesh", "mesh_resolution", "mesh_threshold",  # what 04 writes at the end
+    "dead_model_check",  # whether a model that learned nothing stops the run at the end or only warns
 })
 
 

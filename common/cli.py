@@ -19,14 +19,25 @@ Numeric fields declare the values they accept in their metadata, and `parse_conf
     lr: float = field(default=5e-4, metadata={"help": "learning rate", "above": 0})
 
 "min"/"max" are inclusive bounds, "above"/"below" exclusive ones, "multiple_of" a step (an even grid size:
-2). A value outside gives a one-line UserError naming the flag, the value and the range
-(`--iters 0 is out of range: it must be >= 1`), instead of a ZeroDivisionError after training, a model
+2), "finite": True any finite number (a bias, a log-scale initial value: no bound makes sense, but NaN and
+Infinity do not either), "count" the number of values of a list field (a box: 6). NaN and Infinity are
+refused for every ranged field. A value outside gives a one-line UserError naming the flag, the value and the
+range (`--iters 0 is out of range: it must be >= 1`), instead of a ZeroDivisionError after training, a model
 scored untrained with exit status 0, or an error deep inside a kernel. A subclass that declares a field
-again without a range keeps the range of the base class (so every script's `--iters` is at least 1).
+again without a range keeps the range of the base class (so every script's `--iters` is at least 1). Every
+numeric field must declare one: tests/scripts/test_option_ranges.py walks the fields of every script's Config
+(`unranged_numeric_fields`) and fails for one that does not.
+
+Settings that depend on each other (a box's minimum below its maximum, two frequency bounds in order) are
+checked once, after the ranges: if the Config defines a method `check(self)`, parse_config calls it, and it
+raises a one-line UserError. Malformed values (`--iters 1.5`, an unknown option, a choice not offered) are
+refused by argparse, also in one line (`error: argument --iters: invalid int value: '1.5' ...`) and with
+exit status 2, without argparse's usage block, which for these Configs runs to a screenful.
 """
 import argparse
 import dataclasses
 import math
+import re
 import signal
 import sys
 import threading
@@ -41,7 +52,7 @@ import torch
 from common.errors import Terminated, UserError
 
 _NONE_WORDS = ("none", "None", "null")
-RANGE_KEYS = ("min", "max", "above", "below", "multiple_of")
+RANGE_KEYS = ("min", "max", "above", "below", "multiple_of", "finite", "count")
 
 
 def _parse_int(text: str) -> int:
@@ -116,6 +127,21 @@ def _auto_preset(values: dict, presets: dict) -> str | None:
     return name if name in presets else None
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line `error: <message> (<prog> --help lists the options)` and exit status 2,
+    the form of every other refusal (common.cli.run_main), instead of the usage block followed by the error."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Negative numbers in scientific notation (-1e-3) are values, not options: argparse's own pattern knows
+        # only -1 and -0.5 and would report "expected one argument" for --density_bias -1e-3.
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^-inf$")
+
+    def error(self, message):
+        text = " ".join(str(message).split())
+        self.exit(2, f"error: {text} (python {self.prog} --help lists the options)\n")
+
+
 def parse_config(config_cls, argv=None, presets: dict | None = None, description: str | None = None):
     """Build an argparse parser from a dataclass, parse argv (default sys.argv[1:]) and return an instance.
 
@@ -128,7 +154,8 @@ def parse_config(config_cls, argv=None, presets: dict | None = None, description
         `preset` field of the result holds the preset actually used.
     description: the --help text (default: the dataclass docstring).
     The final values are checked against the ranges in the fields' metadata (`check_ranges`; --help shows
-    them in brackets). A field with metadata {"cli": False} gets no option. If the dataclass has a
+    them in brackets), then by the Config's own `check()` method if it has one (settings that depend on each
+    other). A field with metadata {"cli": False} gets no option. If the dataclass has a
     `cli_options` field (RunConfig does), it is set to the names of the options given on the command line.
     """
     presets = presets or {}
@@ -147,7 +174,7 @@ def parse_config(config_cls, argv=None, presets: dict | None = None, description
         if unknown:
             raise ValueError(f"preset {preset_name!r} sets unknown fields {sorted(unknown)}")
 
-    parser = argparse.ArgumentParser(description=description or config_cls.__doc__)
+    parser = _OneLineParser(description=description or config_cls.__doc__)
     defaults = {}
     for f in fields:
         defaults[f.name] = _field_default(f)
@@ -191,6 +218,8 @@ def parse_config(config_cls, argv=None, presets: dict | None = None, description
             values[f.name] = tuple(values[f.name])
     cfg = config_cls(**values)
     check_ranges(cfg)
+    if callable(getattr(cfg, "check", None)):  # settings that depend on each other, once, in one place
+        cfg.check()
     if any(f.name == "cli_options" for f in dataclasses.fields(config_cls)):
         cfg.cli_options = tuple(explicit)  # what the user typed, for the record and for --resume
     return cfg
@@ -225,16 +254,46 @@ def _range_text(bounds: dict) -> str:
         text = ""
     if "multiple_of" in bounds:
         text += (" and " if text else "") + f"a multiple of {bounds['multiple_of']}"
+    if bounds.get("finite") and not text:
+        text = "a finite number"
+    if "count" in bounds:
+        text = f"{bounds['count']} values" + (f", each {text}" if text else "")
     return text
 
 
 def _number(value) -> str:
-    return str(value) if isinstance(value, int) else f"{value:g}"
+    """1, 0.5, 1e-06, nan: short, but never rounded into another number (1.0000000000000002 stays itself, so a
+    refusal never shows a value inside the range)."""
+    if isinstance(value, int):
+        return str(value)
+    text = f"{value:g}"
+    return text if float(text) == value or value != value else repr(value)
+
+
+def is_numeric_field(tp) -> bool:
+    """Whether a field annotation holds numbers: int, float, Optional of them, list/tuple of them (bool is not
+    a number here, nor are Literal choices)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(is_numeric_field(a) for a in args if a is not type(None))
+    if origin in (list, tuple):
+        return bool(args) and is_numeric_field(args[0])
+    return tp in (int, float)
+
+
+def unranged_numeric_fields(config_cls) -> list[str]:
+    """The numeric command-line fields of a Config that declare no range (themselves or in a base class): what
+    the walker test of every script's Config requires to be empty, so that a new option cannot arrive
+    unchecked."""
+    hints = typing.get_type_hints(config_cls)
+    return [f.name for f in dataclasses.fields(config_cls)
+            if f.init and f.metadata.get("cli", True) and is_numeric_field(hints[f.name])
+            and not _range_of(config_cls, f)]
 
 
 def _in_range(value, bounds: dict) -> bool:
-    if isinstance(value, float) and math.isnan(value):
-        return False  # NaN compares False with everything: it would pass every bound below
+    if isinstance(value, float) and not math.isfinite(value):
+        return False  # NaN compares False with everything (it would pass every bound below); Infinity is no setting
     return not (("min" in bounds and value < bounds["min"]) or ("max" in bounds and value > bounds["max"])
                 or ("above" in bounds and value <= bounds["above"]) or ("below" in bounds and value >= bounds["below"])
                 or ("multiple_of" in bounds and value % bounds["multiple_of"] != 0))
@@ -244,20 +303,24 @@ def check_ranges(cfg) -> None:
     """Check every numeric field of the dataclass instance `cfg` against the range in its metadata (see the
     module docstring); a one-line UserError names the first flag out of range, its value and the range.
 
-    None (an Optional field left unset) is not checked; for list/tuple fields every element is. parse_config
-    calls this; call it again after changing a Config in code.
+    None (an Optional field left unset) is not checked; for list/tuple fields every element is, and their
+    number against "count". parse_config calls this; call it again after changing a Config in code.
     """
     for f in dataclasses.fields(cfg):
         bounds = _range_of(type(cfg), f)
         value = getattr(cfg, f.name)
         if not bounds or value is None:
             continue
+        if "count" in bounds and isinstance(value, (list, tuple)) and len(value) != bounds["count"]:
+            shown = " ".join(map(_number, value))
+            raise UserError(f"--{f.name} {shown}: {len(value)} values given, it takes {_range_text(bounds)}")
         for item in value if isinstance(value, (list, tuple)) else (value,):
             if isinstance(item, bool) or not isinstance(item, (int, float)):
                 continue
             if not _in_range(item, bounds):
                 shown = " ".join(map(_number, value)) if isinstance(value, (list, tuple)) else _number(value)
-                raise UserError(f"--{f.name} {shown} is out of range: it must be {_range_text(bounds)}")
+                what = "is out of range" if math.isfinite(item) else "is not a finite number"
+                raise UserError(f"--{f.name} {shown} {what}: it must be {_range_text(bounds)}")
 
 
 @dataclass
@@ -288,6 +351,7 @@ class RunConfig:
     ckpt_every: int = field(default=1000, metadata={"help": "iterations between checkpoints", "min": 1})
     n_test_views: int = field(default=0, metadata={"help": "test views to render and score at the end (0 = all)", "min": 0})
     video_frames: int = field(default=120, metadata={"help": "frames of the spherical-path videos (0 = no video)", "min": 0})
+    dead_model_check: bool = field(default=True, metadata={"help": "a run whose held-out PSNR is no better than a constant image (each test view's mean colour) says so in one warning line and stops with exit status 3, before videos and meshes; --no-dead_model_check keeps going after the warning (a smoke test of a few steps)"})
     # --- using a trained model ---
     render_only: bool = field(default=False, metadata={"help": "no training: load the latest checkpoint of --outdir (its saved config rebuilds the model), write test renders, metrics and videos"})
     camera_path: Optional[str] = field(default=None, metadata={"help": "JSON of camera-to-world poses to render as a video (a list of 4x4 matrices, or {'frames': [{'transform_matrix': ...}]} as in transforms_*.json)"})

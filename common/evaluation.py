@@ -5,6 +5,7 @@ that renders without randomness; ``render_fn.chunk`` (optional) says how many ra
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from common.datasets import Scene, Split, composite_on_background
-from common.metrics import psnr, ssim
+from common.errors import warn
+from common.metrics import constant_image_psnr, psnr, ssim
 from common.paths import default_video_path, load_camera_path
 from common.rays import get_rays, render_image
 from common.training import write_json
@@ -42,8 +44,10 @@ def evaluate_split(render_fn, split: Split, outdir: Path | None, n_views: int | 
 
     Ground truth with an alpha channel is composited over `background` (white for the Blender protocol).
     With `outdir`, writes per view `rgb_XXX.png`, `depth_XXX.png` and `gt_XXX.png`, and `metrics.json`.
-    Returns {'split', 'mean_psnr', 'mean_ssim', 'views': [{'file', 'psnr', 'ssim'}, ...]} plus the keyword
-    `facts` (scene, backend, ...), which are recorded in metrics.json too.
+    Returns {'split', 'mean_psnr', 'mean_ssim', 'constant_psnr', 'views': [{'file', 'psnr', 'ssim',
+    'constant_psnr'}, ...]} plus the keyword `facts` (scene, backend, ...), which are recorded in metrics.json
+    too. constant_psnr is what the best constant image (each view's mean colour) scores: the bar of
+    `check_model_learned`.
     """
     cams = split.cameras
     if outdir is not None:
@@ -56,7 +60,8 @@ def evaluate_split(render_fn, split: Split, outdir: Path | None, n_views: int | 
         gt = split.images[index]
         gt = composite_on_background(gt, background) if gt.shape[-1] == 4 else gt
         pred = out["rgb"].clamp(0.0, 1.0)
-        views.append(dict(file=split.files[index], psnr=psnr(pred, gt), ssim=ssim(pred, gt)))
+        views.append(dict(file=split.files[index], psnr=psnr(pred, gt), ssim=ssim(pred, gt),
+                          constant_psnr=constant_image_psnr(gt)))
         if outdir is not None:
             save_image(Path(outdir) / f"rgb_{index:03d}.png", pred)
             save_image(Path(outdir) / f"gt_{index:03d}.png", gt)
@@ -67,6 +72,7 @@ def evaluate_split(render_fn, split: Split, outdir: Path | None, n_views: int | 
     metrics = dict(split=split.name,
                    mean_psnr=float(np.mean([v["psnr"] for v in views])),
                    mean_ssim=float(np.mean([v["ssim"] for v in views])),
+                   constant_psnr=float(np.mean([v["constant_psnr"] for v in views])),
                    views=views, **facts)
     if outdir is not None:
         write_json(Path(outdir) / "metrics.json", metrics)
@@ -92,14 +98,51 @@ def render_path_videos(render_fn, scene: Scene, outdir: Path, n_frames: int, fps
             write_video(Path(outdir) / f"{name}_depth.mp4", np.stack(depth_frames), fps=fps)]
 
 
+# Exit status of a run that finished but learned nothing (check_model_learned); 2 is a refused input, 130/143 a
+# signal.
+DEAD_MODEL_EXIT_STATUS = 3
+
+
+def check_model_learned(metrics: dict, keep_going: bool = False) -> None:
+    """Stop a run whose held-out PSNR is no better than a constant image's, in one warning line.
+
+    metrics: from evaluate_split or common.multiscale.evaluate_levels ('mean_psnr', 'constant_psnr').
+    keep_going: warn and return (--no-dead_model_check); otherwise exit with status DEAD_MODEL_EXIT_STATUS.
+    The failure it prevents: a run that diverged without a NaN (02 with --lr 1e6: the weights blow up, the
+    densities saturate and every view renders the white background, 9.1 dB on the built-in scene), a run
+    that learned only the background (03's 'white background only' failure), a model scored on views with a
+    non-finite camera (PSNR nan): each used to end with exit status 0, pictures and a mesh, as if it had
+    worked. The bar is the mean over the views of the best constant image's PSNR (each view's mean colour,
+    common.metrics.constant_image_psnr); an all-background image scores below it.
+    """
+    score, bar = float(metrics["mean_psnr"]), float(metrics["constant_psnr"])
+    if score > bar:  # False for NaN
+        return
+    what = (f"the held-out PSNR is {score} (a test view rendered non-finite values)" if math.isnan(score)
+            else f"the held-out PSNR {score:.2f} dB is no better than a constant image's ({bar:.2f} dB, each view's "
+                 f"mean colour)")
+    cause = ("the model learned nothing: likely causes: too high a learning rate (try a smaller --lr), too few "
+             "steps, or bad data (poses, images)")
+    if keep_going:
+        warn(f"{what}: {cause}; kept going (--no-dead_model_check)")
+        return
+    warn(f"{what}: {cause}. Stopped (exit status {DEAD_MODEL_EXIT_STATUS}) before videos and meshes; the test "
+         f"renders and metrics.json are written; --no-dead_model_check keeps going")
+    raise SystemExit(DEAD_MODEL_EXIT_STATUS)
+
+
 def final_evaluation(render_fn, scene: Scene, outdir: Path, n_test_views: int, video_frames: int,
-                     background: float, camera_path: str | None = None, **facts) -> dict:
+                     background: float, camera_path: str | None = None, dead_model_check: bool = True,
+                     **facts) -> dict:
     """What every script does after training: score the test views (pictures and metrics.json in <outdir>/test),
-    print the result, and fly the default video path (`default_video_path`). `facts` (iters, backend, ...) are added to the metrics."""
+    print the result, stop if the model learned nothing (`check_model_learned`, unless dead_model_check is
+    False: then a warning only), and fly the default video path (`default_video_path`). `facts` (iters,
+    backend, ...) are added to the metrics."""
     metrics = evaluate_split(render_fn, scene.splits["test"], Path(outdir) / "test", n_views=n_test_views or None,
                              background=background, near=scene.near, far=scene.far, scene=scene.name, **facts)
     print(f"test: PSNR {metrics['mean_psnr']:.2f} dB, SSIM {metrics['mean_ssim']:.4f} "
           f"over {len(metrics['views'])} views -> {Path(outdir) / 'test'}")
+    check_model_learned(metrics, keep_going=not dead_model_check)
     videos = []
     if video_frames > 0:
         videos += render_path_videos(render_fn, scene, Path(outdir), video_frames)

@@ -37,6 +37,16 @@ def psnr(pred, gt) -> float:
     return mse_to_psnr(float(((pred - gt) ** 2).mean()))
 
 
+def constant_image_psnr(gt) -> float:
+    """PSNR of the best constant image for `gt` (H, W, C): every pixel its mean colour, which minimises the squared
+    error among constant images (the mean of each channel). A model that scores no better than this has learned
+    nothing about the scene (common.evaluation.check_model_learned); a model that only learned the background
+    scores below it (an all-white image is its mean colour shifted to 1)."""
+    gt = _as_tensor(gt)
+    mean_colour = gt.reshape(-1, gt.shape[-1]).mean(dim=0)  # (C,)
+    return psnr(mean_colour.expand_as(gt), gt)
+
+
 def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
     offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     weights = torch.exp(-0.5 * (offsets / sigma) ** 2)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from common.datasets import (BLENDER_AABB, SPLITS, Cameras, Scene, Split, _image_path, _read_image,
                              _read_transforms, downscale_area)
 from common.errors import UserError
-from common.metrics import psnr, ssim
+from common.metrics import constant_image_psnr, psnr, ssim
 from common.training import write_json
 from common.video import colorize_depth, save_image
 
@@ -258,8 +258,9 @@ def evaluate_levels(render_view_fn, levels: list[Level], outdir: Path | None, n_
     render_view_fn(K (3, 3), c2w (4, 4), H, W) -> {'rgb': (H, W, 3), 'depth': (H, W), ...} on the CPU.
     n_views: views per level (spread evenly; None = all). With `outdir`: rgb/gt/depth PNGs per view
     (`rgb_<view>_d<label>.png`) and metrics.json. Returns {'mean_psnr', 'mean_ssim' (the mean over levels of
-    each level's mean, as mip-NeRF's tables average the four scales), 'per_scale': [{'label', 'width',
-    'height', 'psnr', 'ssim', 'n_views'}], 'views': [...], **facts}.
+    each level's mean, as mip-NeRF's tables average the four scales), 'constant_psnr' (the same mean of what
+    each view's mean colour scores: the bar of common.evaluation.check_model_learned), 'per_scale': [{'label',
+    'width', 'height', 'psnr', 'ssim', 'constant_psnr', 'n_views'}], 'views': [...], **facts}.
     """
     from common.evaluation import view_indices
 
@@ -276,7 +277,8 @@ def evaluate_levels(render_view_fn, levels: list[Level], outdir: Path | None, n_
             gt = gt[..., :3] * gt[..., 3:] + background * (1.0 - gt[..., 3:]) if gt.shape[-1] == 4 else gt
             pred = out["rgb"].clamp(0.0, 1.0)
             scored.append(dict(file=split.files[index], label=level.label, psnr=psnr(pred, gt),
-                               ssim=ssim(pred, gt) if min(pred.shape[:2]) >= 11 else float("nan")))
+                               ssim=ssim(pred, gt) if min(pred.shape[:2]) >= 11 else float("nan"),
+                               constant_psnr=constant_image_psnr(gt)))
             if outdir is not None:
                 tag = f"{index:03d}_d{level.label}" if len(levels) > 1 else f"{index:03d}"
                 save_image(Path(outdir) / f"rgb_{tag}.png", pred)
@@ -286,11 +288,13 @@ def evaluate_levels(render_view_fn, levels: list[Level], outdir: Path | None, n_
                 save_image(Path(outdir) / f"depth_{tag}.png", colorize_depth(out["depth"], lo, hi))
         per_scale.append(dict(label=level.label, width=cams.width, height=cams.height, n_views=len(scored),
                               psnr=float(np.mean([v["psnr"] for v in scored])),
-                              ssim=float(np.mean([v["ssim"] for v in scored]))))
+                              ssim=float(np.mean([v["ssim"] for v in scored])),
+                              constant_psnr=float(np.mean([v["constant_psnr"] for v in scored]))))
         views += scored
     metrics = dict(split=levels[0].split.name,
                    mean_psnr=float(np.mean([s["psnr"] for s in per_scale])),
                    mean_ssim=float(np.mean([s["ssim"] for s in per_scale])),
+                   constant_psnr=float(np.mean([s["constant_psnr"] for s in per_scale])),
                    per_scale=per_scale, views=views, **facts)
     if outdir is not None:
         write_json(Path(outdir) / "metrics.json", metrics)

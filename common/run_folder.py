@@ -24,6 +24,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -104,6 +105,14 @@ def _probe_write(outdir: Path, hint: str) -> None:
         raise UserError(f"--outdir {outdir} is not writable ({_reason(err)}): {hint}") from err
 
 
+# Folders held by this process: (real path, thread id) -> how many RunFolder contexts hold it. flock refuses a
+# second open of the lock file even within one process, so the nesting of a script's main() (which holds the
+# folder from the start of the run to its last file: test renders, videos, mesh) and TrainingRun (which takes it
+# for training, also when a notebook calls train() directly) is counted here. Per thread: two runs in threads
+# of one process (common.dispatch) on one folder still refuse each other.
+_HELD: dict[tuple, int] = {}
+
+
 class RunFolder:
     """Context manager: prepare `outdir` and hold an exclusive lock on it for the life of the run.
 
@@ -112,7 +121,9 @@ class RunFolder:
     start time) and how to go on. Leaving, on every path (return, exception, KeyboardInterrupt, SystemExit),
     removes the lock file and releases the lock, and removes the folder if this RunFolder created it and
     nothing but the lock was written into it (a start that failed, say on missing data, leaves nothing).
-    `with RunFolder(outdir) as path:` gives the folder as a Path.
+    `with RunFolder(outdir) as path:` gives the folder as a Path. Nested in the same thread on the same folder
+    (a script's main() holds it for the whole run; TrainingRun takes it again for training), the inner one
+    neither locks nor releases: the folder stays locked until the outermost exits.
     """
 
     def __init__(self, outdir, command: list[str] | None = None):
@@ -121,8 +132,17 @@ class RunFolder:
         self.command = command if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]
         self._fd: int | None = None
         self._created = False
+        self._nested_key: tuple | None = None
+
+    def _key(self) -> tuple:
+        return os.path.realpath(self.path), threading.get_ident()
 
     def __enter__(self) -> Path:
+        key = self._key()
+        if key in _HELD:  # this thread holds the folder already (main() for the whole run, TrainingRun inside it)
+            _HELD[key] += 1
+            self._nested_key = key
+            return self.path
         self._created = not self.path.exists()
         prepare_run_folder(self.path)
         try:
@@ -130,6 +150,7 @@ class RunFolder:
         except BaseException:
             self._remove_if_unused()
             raise
+        _HELD[self._key()] = 1
         return self.path
 
     def __exit__(self, *exc) -> bool:
@@ -170,8 +191,14 @@ class RunFolder:
 
     def release(self) -> None:
         """Remove the lock file and release the lock (idempotent); then drop the folder if this run created it
-        and wrote nothing else into it."""
+        and wrote nothing else into it. A nested RunFolder of a folder this thread already held only gives its
+        hold back: the outermost one releases."""
+        if self._nested_key is not None:
+            _HELD[self._nested_key] -= 1
+            self._nested_key = None
+            return
         if self._fd is not None:
+            _HELD.pop(self._key(), None)
             try:
                 self.lock_path.unlink(missing_ok=True)  # while still holding the lock: see _acquire
             except OSError:

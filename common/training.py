@@ -234,6 +234,7 @@ class TrainingRun:
         self.log_ = None
         self._interrupt = GracefulInterrupt()
         self._stopping = False
+        self._unwritten_checkpoint: Path | None = None  # a checkpoint a second signal cut short
 
     # -- context: the interrupt handlers are installed for the whole run and removed on every exit path --
     def __enter__(self):
@@ -245,9 +246,9 @@ class TrainingRun:
         self._interrupt.__exit__(exc_type, exc, tb)
         self._folder.__exit__(exc_type, exc, tb)
         if self.log_ is not None:
-            self.log_.close(plot=exc_type is None or exc_type is KeyboardInterrupt)
-        if exc_type is KeyboardInterrupt:  # a second Ctrl-C: stop at once, keep the last regular checkpoint
-            self._exit_interrupted()
+            self.log_.close(plot=exc_type is None or issubclass(exc_type, KeyboardInterrupt))
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):  # a second Ctrl-C or SIGTERM: stop
+            self._exit_interrupted()                                          # at once, keep the last checkpoint
         return False
 
     def elapsed(self) -> float:
@@ -300,23 +301,33 @@ class TrainingRun:
         self.log_.step(step, loss=loss, psnr=psnr, lr=lr, write=write, **(extra() if write and extra else {}))
 
     def checkpoint(self, step: int) -> Path:
-        return save_checkpoint(checkpoint_path(self.outdir, step),
-                               dict(step=step, script=self.script, scene=self.scene_name,
-                                    config=dataclasses.asdict(self.cfg), **self.save_state()))
+        path = checkpoint_path(self.outdir, step)
+        try:
+            return save_checkpoint(path, dict(step=step, script=self.script, scene=self.scene_name,
+                                              config=dataclasses.asdict(self.cfg), **self.save_state()))
+        except KeyboardInterrupt:  # a second Ctrl-C / SIGTERM while writing: save_checkpoint wrote nothing
+            self._unwritten_checkpoint = path
+            raise
 
     def _out_of_time(self) -> bool:
         return self.cfg.time_budget_s > 0 and self.elapsed() >= self.cfg.time_budget_s
 
     def _exit_interrupted(self) -> None:
-        print(f"\ninterrupted ({self._interrupt.signal_name or 'Ctrl-C'}) at step {self.step}; last checkpoint: "
-              f"{latest_checkpoint(self.outdir)}; continue with: python {self.script}.py --resume --outdir "
+        signal_name = self._interrupt.signal_name or "Ctrl-C"
+        if self._unwritten_checkpoint is not None:
+            previous = latest_checkpoint(self.outdir)
+            where = (f"while writing {self._unwritten_checkpoint.name}, which was not written; " +
+                     (f"the previous checkpoint {previous} survives" if previous else "there is no earlier checkpoint"))
+        else:
+            where = f"at step {self.step}; last checkpoint: {latest_checkpoint(self.outdir)}"
+        print(f"\ninterrupted ({signal_name}) {where}; continue with: python {self.script}.py --resume --outdir "
               f"{self.outdir}")
         raise SystemExit(self._interrupt.exit_status or 130)
 
 
 # What --render_only takes from today's command line; every other setting comes from the checkpoint's config.
 RENDER_SETTINGS = ("outdir", "datadir", "device", "backend", "chunk", "n_test_views", "video_frames",
-                   "render_only", "camera_path")
+                   "render_only", "camera_path", "dead_model_check")
 
 
 def prepare_run(cfg, script: str, required_keys=(), output_settings=()):

@@ -185,3 +185,52 @@ def test_resume_may_change_what_is_rendered_at_the_end():
     cfg = parse_config(NetConfig, ["--resume", "--video_frames", "3", "--n_test_views", "2", "--camera_path",
                                    "path.json"], PRESETS)
     assert resume_config(checkpoint, cfg, "01_nerf") is cfg
+
+
+# --- a write that fails: torch.save's zip writer hides the cause in the context of a RuntimeError ---------------
+class _FailingFile:
+    """A checkpoint file that raises `error` once `after` bytes were written (a disk filling up, a Ctrl-C)."""
+
+    def __init__(self, file, error, after=1000):
+        self.file, self.error, self.after, self.written = file, error, after, 0
+
+    def write(self, data):
+        self.written += len(data)
+        if self.written > self.after:
+            raise self.error
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.file.__exit__(*exc)
+
+
+@pytest.mark.parametrize("error, expected", [(KeyboardInterrupt(), KeyboardInterrupt),
+                                             (OSError(28, "No space left on device"), UserError)])
+def test_a_write_that_fails_inside_torch_save_is_reported_as_its_cause(tmp_path, monkeypatch, error, expected):
+    import common.checkpoints
+
+    save_checkpoint(tmp_path / "ckpt_000001.pt", {"step": 1, "w": torch.ones(3)})
+    real_fdopen = common.checkpoints.os.fdopen
+    monkeypatch.setattr(common.checkpoints.os, "fdopen", lambda fd, mode: _FailingFile(real_fdopen(fd, mode), error))
+    with pytest.raises(expected) as raised:
+        save_checkpoint(tmp_path / "ckpt_000002.pt", {"step": 2, "w": torch.zeros(100_000)})
+    if expected is UserError:
+        assert str(raised.value) == (
+            f"cannot write checkpoint {tmp_path / 'ckpt_000002.pt'} (no space left on the device): nothing was "
+            f"replaced, the previous checkpoint {tmp_path / 'ckpt_000001.pt'} survives; free some space and continue "
+            f"with --resume")
+    assert os.listdir(tmp_path) == ["ckpt_000001.pt"]  # no temporary file, the previous checkpoint intact
+    assert load_checkpoint(tmp_path / "ckpt_000001.pt")["step"] == 1
+
+
+def test_a_checkpoint_folder_that_cannot_be_written_says_there_is_no_earlier_checkpoint(tmp_path):
+    (tmp_path / "run").write_text("a file where the folder should be")
+    with pytest.raises(UserError, match=r"cannot write checkpoint .*: nothing was replaced, there is no earlier "
+                                        r"checkpoint; fix that and continue with --resume"):
+        save_checkpoint(tmp_path / "run" / "ckpt_000001.pt", {"step": 1})

@@ -185,6 +185,7 @@ class RangedConfig(RunConfig):
     (["--time_budget_s", "-1"], "--time_budget_s", "-1", ">= 0"),
     (["--lr", "0"], "--lr", "0", "> 0"),
     (["--lr", "nan"], "--lr", "nan", "> 0"),
+    (["--lr", "inf"], "--lr", "inf", "> 0"),
     (["--decay", "1.5"], "--decay", "1.5", "in (0, 1]"),
     (["--grid", "33"], "--grid", "33", ">= 2 and a multiple of 2"),
     (["--levels", "4", "0"], "--levels", "4 0", ">= 1"),
@@ -194,7 +195,8 @@ def test_numbers_out_of_range_are_one_line_errors_naming_flag_value_and_range(ar
     with pytest.raises(SystemExit) as exit_info:
         run_main(parse_config, RangedConfig, argv)
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == f"error: {flag} {shown} is out of range: it must be {allowed}\n"
+    what = "is not a finite number" if shown in ("nan", "inf") else "is out of range"
+    assert capsys.readouterr().err == f"error: {flag} {shown} {what}: it must be {allowed}\n"
 
 
 def test_values_inside_their_ranges_and_unset_optionals_pass():

@@ -94,3 +94,49 @@ def test_graceful_interrupt_sets_a_flag_once_then_raises():
             os.kill(os.getpid(), signal.SIGINT)
             np.zeros(1)  # give the interpreter a bytecode boundary to run the handler at
     assert signal.getsignal(signal.SIGINT) is not interrupt._handle  # the previous handler is back
+
+
+# --- a model that learned nothing -------------------------------------------------------------------------------
+def test_the_best_constant_image_is_the_mean_colour_and_an_all_white_image_scores_below_it():
+    from common.metrics import constant_image_psnr, psnr
+
+    generator = torch.Generator().manual_seed(0)
+    gt = torch.rand(16, 16, 3, generator=generator) ** 3  # (H, W, 3) mostly dark
+    best = constant_image_psnr(gt)
+    assert best == pytest.approx(psnr(gt.mean(dim=(0, 1)).expand_as(gt), gt))
+    for colour in (torch.ones(3), torch.zeros(3), torch.full((3,), 0.3), gt.mean(dim=(0, 1)) + 0.01):
+        assert psnr(colour.expand_as(gt), gt) < best
+
+
+@pytest.mark.parametrize("score, stops", [(10.0, True), (9.0, True), (math.nan, True), (10.01, False),
+                                          (math.inf, False)])
+def test_check_model_learned_stops_a_run_no_better_than_a_constant_image(score, stops, capsys):
+    from common.evaluation import DEAD_MODEL_EXIT_STATUS, check_model_learned
+
+    metrics = {"mean_psnr": score, "constant_psnr": 10.0}
+    if not stops:
+        check_model_learned(metrics)
+        assert capsys.readouterr().err == ""
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        check_model_learned(metrics)
+    assert exit_info.value.code == DEAD_MODEL_EXIT_STATUS == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: the held-out PSNR ")
+    assert ("non-finite" in err) == math.isnan(score) and "--no-dead_model_check keeps going" in err
+    check_model_learned(metrics, keep_going=True)  # asked to keep going: the warning, no exit
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.rstrip().endswith("kept going (--no-dead_model_check)")
+
+
+def test_evaluate_split_records_the_constant_image_bar(tmp_path):
+    from common.metrics import constant_image_psnr
+
+    from common.datasets import composite_on_background
+
+    split = _tiny_split()
+    split.images[1, :4] = torch.tensor([0.0, 0.0, 1.0, 1.0])  # views of different content: one bar each
+    metrics = evaluate_split(_half_red_renderer(1.0), split, None, background=1.0, progress=False)
+    gts = [composite_on_background(image, 1.0) for image in split.images]
+    assert metrics["constant_psnr"] == pytest.approx(float(np.mean([constant_image_psnr(gt) for gt in gts])))
+    assert [v["constant_psnr"] for v in metrics["views"]] == pytest.approx([constant_image_psnr(gt) for gt in gts])

@@ -77,11 +77,50 @@ def test_the_lock_is_released_on_an_exception_and_on_ctrl_c(tmp_path):
             pass
 
 
-def test_two_locks_in_one_process_conflict_too(tmp_path):
-    with RunFolder(tmp_path / "run"):
-        with pytest.raises(UserError, match=f"in use by process {os.getpid()} "):
+def test_two_runs_in_two_threads_of_one_process_conflict_too(tmp_path):
+    import threading
+
+    refusals = []
+
+    def second_run():
+        try:
             with RunFolder(tmp_path / "run"):
                 pass
+        except UserError as err:
+            refusals.append(str(err))
+
+    with RunFolder(tmp_path / "run"):
+        thread = threading.Thread(target=second_run)
+        thread.start()
+        thread.join()
+    assert len(refusals) == 1 and f"in use by process {os.getpid()} " in refusals[0]
+
+
+def _locked_by_someone(lock_path) -> bool:
+    """Whether a fresh open of the lock file can take the flock (a new open file description conflicts with
+    every other one, in this process too)."""
+    import fcntl
+
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_nested_in_one_thread_the_folder_stays_locked_until_the_outermost_exits(tmp_path):
+    # A script's main() holds the folder for the whole run; TrainingRun takes it again for training. Leaving
+    # TrainingRun must not free the folder while the test renders, videos and mesh are still to be written.
+    with RunFolder(tmp_path / "run"):
+        with RunFolder(tmp_path / "run"):
+            assert _locked_by_someone(tmp_path / "run" / LOCK_NAME)
+        assert (tmp_path / "run" / LOCK_NAME).exists() and _locked_by_someone(tmp_path / "run" / LOCK_NAME)
+    assert not (tmp_path / "run" / LOCK_NAME).exists()
+    with RunFolder(tmp_path / "run"):  # free again
+        pass
 
 
 def test_a_folder_the_run_created_and_left_empty_is_removed(tmp_path):

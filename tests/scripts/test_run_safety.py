@@ -18,8 +18,9 @@ from common.cli import run_main
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ["nerf_script", "hashnerf_script"]
 # Cheap runs: a tiny scene (see small_scene) at 16 x 16 pixels, 2-10 steps of 128 rays, one test view, no video.
+# A few steps learn less than a constant image would show: warn, do not stop (--no-dead_model_check).
 FAST = ["--quick", "--device", "cpu", "--backend", "torch", "--batch_rays", "128", "--downscale", "2",
-        "--n_test_views", "1", "--video_frames", "0"]
+        "--n_test_views", "1", "--video_frames", "0", "--no-dead_model_check"]
 
 
 def _run(script, argv, capsys):
@@ -116,7 +117,8 @@ def test_rgb_images_are_trained_and_scored_on_the_stated_white_background(nerf_s
     for name, scene in (("rgba", small_scene), ("rgb", rgb_scene)):
         argv = FAST + ["--iters", "3", "--scene", str(scene), "--outdir", str(tmp_path / name)]
         results[name] = nerf_script.main(argv)["mean_psnr"]
-        warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+        warnings = [line for line in capsys.readouterr().err.splitlines()
+                    if line.startswith("warning:") and "constant image" not in line]  # 3 steps: not yet learned
         if name == "rgba":
             assert warnings == []
         else:
@@ -189,7 +191,8 @@ def test_resuming_with_another_scene_is_refused_and_untyped_settings_come_from_t
                        capsys)
     assert status == 2 and "--scene lego (the checkpoint has" in _error_line(err)
     metrics = nerf_script.main(["--iters", "4", "--resume", "--device", "cpu", "--backend", "torch",
-                                "--n_test_views", "1", "--video_frames", "0", "--outdir", str(tmp_path)])
+                                "--n_test_views", "1", "--video_frames", "0", "--no-dead_model_check", "--outdir",
+                                str(tmp_path)])
     out = capsys.readouterr().out
     assert "resuming with the checkpoint's settings: " in out and "net_width=32" in out
     assert metrics["iters"] == 4
