@@ -517,7 +517,8 @@ def train(cfg: Config) -> dict:
     if cfg.export_mesh:  # --export_mesh --outdir <run>: only the mesh of its latest checkpoint
         # First one test view against a constant image: a dead model's SDF would mesh into a huge shapeless file.
         check_model_learned(evaluate_split(render_fn, scene.splits["test"], None, n_views=1, background=test_background,
-                                           progress=False), keep_going=not cfg.dead_model_check)
+                                           progress=False), keep_going=not cfg.dead_model_check, skipped="mesh",
+                            kept=None)
         return extract_and_score_mesh(field_, frame, scene, cfg, backend, device, Path(cfg.outdir) / "mesh.ply")
     metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, test_background,
                                camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),

@@ -103,11 +103,13 @@ def render_path_videos(render_fn, scene: Scene, outdir: Path, n_frames: int, fps
 DEAD_MODEL_EXIT_STATUS = 3
 
 
-def check_model_learned(metrics: dict, keep_going: bool = False) -> None:
+def check_model_learned(metrics: dict, keep_going: bool = False, skipped: str = "videos and meshes",
+                        kept: str | None = "the test renders and metrics.json are written") -> None:
     """Stop a run whose held-out PSNR is no better than a constant image's, in one warning line.
 
     metrics: from evaluate_split or common.multiscale.evaluate_levels ('mean_psnr', 'constant_psnr').
     keep_going: warn and return (--no-dead_model_check); otherwise exit with status DEAD_MODEL_EXIT_STATUS.
+    skipped, kept: what the line says the stop leaves out, and what is already written (None: nothing).
     The failure it prevents: a run that diverged without a NaN (02 with --lr 1e6: the weights blow up, the
     densities saturate and every view renders the white background, 9.1 dB on the built-in scene), a run
     that learned only the background (03's 'white background only' failure), a model scored on views with a
@@ -121,13 +123,13 @@ def check_model_learned(metrics: dict, keep_going: bool = False) -> None:
     what = (f"the held-out PSNR is {score} (a test view rendered non-finite values)" if math.isnan(score)
             else f"the held-out PSNR {score:.2f} dB is no better than a constant image's ({bar:.2f} dB, each view's "
                  f"mean colour)")
-    cause = ("the model learned nothing: likely causes: too high a learning rate (try a smaller --lr), too few "
-             "steps, or bad data (poses, images)")
+    cause = ("the model learned nothing (likely causes: too high a learning rate, try a smaller --lr; too few "
+             "steps; bad data, poses or images)")
     if keep_going:
         warn(f"{what}: {cause}; kept going (--no-dead_model_check)")
         return
-    warn(f"{what}: {cause}. Stopped (exit status {DEAD_MODEL_EXIT_STATUS}) before videos and meshes; the test "
-         f"renders and metrics.json are written; --no-dead_model_check keeps going")
+    warn(f"{what}: {cause}. Stopped with exit status {DEAD_MODEL_EXIT_STATUS}, before the {skipped}"
+         + (f"; {kept}" if kept else "") + "; --no-dead_model_check keeps going")
     raise SystemExit(DEAD_MODEL_EXIT_STATUS)
 
 
