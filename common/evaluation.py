@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common.datasets import Scene, Split, composite_on_background
+from common.data.scene import Scene, Split, composite_on_background
 from common.metrics import psnr, ssim
 from common.paths import default_video_path, load_camera_path
 from common.rays import get_rays, render_image

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.datasets import Cameras, Scene, Split
+from common.data.scene import Cameras, Scene, Split
 from common.evaluation import evaluate_split, render_path_videos, view_indices
 from common.training import GracefulInterrupt, TrainLog
 
