@@ -30,7 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.cli import RunConfig, parse_config, resolve_device, run_main
-from common.datasets import composite_on_background, load_scene
+from common.data.load import load_scene
+from common.data.scene import composite_on_background
 from common.errors import UserError
 from common.evaluation import evaluate_split, final_evaluation
 from common.metrics import mse_to_psnr

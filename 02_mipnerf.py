@@ -15,8 +15,8 @@ and reasons about the whole volume each sample stands for:
     the coarse weights after a 2-tap max, a 2-tap blur and a floor of 0.01 (Sec. 3.2), and the fine level uses
     only those (it does not merge the coarse samples in).
 Data: Blender scenes as in 01; their multiscale version (`--multiscale`: every image at 1, 1/2, 1/4, 1/8 resolution,
-common/multiscale.py), and LLFF forward-facing captures rendered in NDC with cylinders instead of cones
-(common/llff.py). Shared plumbing lives in common/, compositing and inverse-CDF sampling in kernels/.
+common/data/multiscale.py), and LLFF forward-facing captures rendered in NDC with cylinders instead of cones
+(common/data/llff.py). Shared plumbing lives in common/, compositing and inverse-CDF sampling in kernels/.
 
 Glossary of shapes: R rays in a batch, S intervals per ray (S + 1 fence posts t), N = R*S samples, L frequencies.
 
@@ -38,13 +38,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.cli import RunConfig, parse_config, resolve_device, run_main
-from common.datasets import composite_on_background, load_scene
+from common.data.llff import ForwardFacingScene, ndc_rays, ndc_to_world, spiral_poses
+from common.data.load import load_scene
+from common.data.multiscale import build_multiscale, evaluate_levels, levels_of, load_multiscale, sample_pixels
+from common.data.scene import composite_on_background
 from common.errors import UserError
 from common.evaluation import check_model_learned
-from common.llff import ForwardFacingScene, ndc_rays, ndc_to_world, spiral_poses
 from common.mesh import marching_cubes, sample_grid, write_ply
 from common.metrics import mse_to_psnr
-from common.multiscale import build_multiscale, evaluate_levels, levels_of, load_multiscale, sample_pixels
 from common.numerics import DIVISION_EPS, safe_normalize
 from common.paths import load_camera_path, spherical_path
 from common.rays import rays_through_pixels
@@ -179,7 +180,7 @@ def cast_pixel_rays(K: torch.Tensor, c2w: torch.Tensor, u: torch.Tensor, v: torc
 
     The radius at t = 1 is the distance between the (unnormalised, camera z = -1) directions of this pixel and
     its right neighbour, times 2 / sqrt(12): 1 / f_x for a pinhole. For LLFF (ndc_near set) the rays are mapped
-    to NDC (common/llff.py) and the radius is the mean distance from the NDC origin to those of the right and
+    to NDC (common/data/llff.py) and the radius is the mean distance from the NDC origin to those of the right and
     lower neighbours (the authors' (dx + dy) / 2); the view directions stay the world directions (as theirs).
     K: (3, 3) or (R, 3, 3); c2w: (4, 4) or (R, 4, 4); u, v: (R,).
     Returns origins (R, 3), directions (R, 3), viewdirs (R, 3) unit, radii (R,).
@@ -552,7 +553,7 @@ def normals_from_depth(points: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
 
 def render_videos(render_view_fn, scene, outdir: Path, n_frames: int, camera_path: str | None = None) -> list[Path]:
     """Colour, depth and normal videos: a spherical path around an object scene (at the training cameras' mean
-    radius, 30 degrees up), a spiral for a forward-facing one (common/llff.py); also along --camera_path if given."""
+    radius, 30 degrees up), a spiral for a forward-facing one (common/data/llff.py); also along --camera_path if given."""
     cams = levels_of(scene, "train")[0].split.cameras
     is_ndc = isinstance(scene, ForwardFacingScene)
     paths = {}

@@ -38,10 +38,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.cli import RunConfig, parse_config, resolve_device, run_main
-from common.datasets import composite_on_background, load_scene
+from common.data.llff360 import load_llff360
+from common.data.load import load_scene
+from common.data.scene import composite_on_background
 from common.errors import UserError
 from common.evaluation import evaluate_split, final_evaluation, render_view
-from common.llff360 import load_llff360
 from common.metrics import mse_to_psnr
 from common.numerics import NORM_EPS
 from common.paths import focus_point, orbit_path, spiral_path

@@ -19,7 +19,7 @@ Glossary of shapes: R rays, N packed samples, L levels, F features per level, G 
 
 Frames: the field lives in a *unit frame* where the scene box is [-1, 1]^3 (instant-nsr-pl's radius 1); rays
 are moved into it at the start of `render_rays` (x_unit = (x - centre) / half_size), and meshes are moved back.
-For NeuS/DTU data the scene frame is already the unit sphere of cameras_sphere.npz (common/dtu.py), and meshes
+For NeuS/DTU data the scene frame is already the unit sphere of cameras_sphere.npz (common/data/dtu.py), and meshes
 go on to world units with its scale_mat.
 
     python 05_instant_neus.py                                  # built-in scene (CPU preset on a CPU)
@@ -43,7 +43,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.cli import RunConfig, parse_config, resolve_device, run_main
-from common.datasets import background_color, composite_on_background, load_scene
+from common.data.load import load_scene
+from common.data.scene import background_color, composite_on_background
 from common.errors import UserError
 from common.evaluation import check_model_learned, evaluate_split, final_evaluation, render_view
 from common.mesh import marching_cubes, sample_grid, write_ply
@@ -598,7 +599,7 @@ def to_world(scene, points: np.ndarray) -> np.ndarray:
 def builtin_reference_points(n_points: int) -> np.ndarray:
     """Points on the built-in scene's exact surface: a fine marching-cubes mesh of its exact SDF, sampled by area,
     then projected onto the surface along the exact normal (p - f(p) n(p)), so they lie on it to float precision."""
-    from common import builtin_scene
+    from common.data import builtin_scene
 
     box = torch.tensor([[-1.5] * 3, [1.5] * 3])
     values = sample_grid(builtin_scene.sdf, box, 128)

@@ -55,7 +55,7 @@ SIZES = {
                   log2_table_size=15, base_resolution=16, max_resolution=512, grid_res=32),
 }
 
-# The built-in scene's geometry (common/builtin_scene.py): objects in [-1.5, 1.5]^3, cameras at radius 4, near 2, far 6.
+# The built-in scene's geometry (common/data/builtin_scene.py): objects in [-1.5, 1.5]^3, cameras at radius 4, near 2, far 6.
 SCENE_HALF_SIZE, CAMERA_RADIUS, NEAR, FAR = 1.5, 4.0, 2.0, 6.0
 SPHERE_RADIUS = 1.0  # the occupied cells of the "sphere" marching case: 4/3 pi / 27, about 16% of the box
 

@@ -32,7 +32,7 @@ if str(REPO_ROOT) not in sys.path:
 from benchmarks.machine import (RESULTS_DIR, command_line, describe_machine, device_slug, git_revision,  # noqa: E402
                                 iso_now, software_versions, timestamp)
 from common.cli import parse_config  # noqa: E402
-from common.datasets import load_scene  # noqa: E402
+from common.data.load import load_scene  # noqa: E402
 from common.evaluation import render_view  # noqa: E402
 
 

@@ -25,7 +25,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.machine import RESULTS_DIR, describe_machine, git_revision, software_versions  # noqa: E402
-from common.datasets import load_scene  # noqa: E402
+from common.data.load import load_scene  # noqa: E402
 from common.mesh import read_ply  # noqa: E402
 
 

@@ -28,7 +28,7 @@ import torch
 from benchmarks import machine as machine_info
 from common.checkpoints import latest_checkpoint, load_checkpoint
 from common.evaluation import render_view
-from common.multiscale import evaluate_levels, levels_of, load_multiscale
+from common.data.multiscale import evaluate_levels, levels_of, load_multiscale
 
 
 def nerf01_view_renderer(outdir, device: str = "cpu", backend: str = "torch"):

@@ -1,8 +1,9 @@
 """Pieces shared by the numbered scripts (CleanRL style: each script stays complete, only shared plumbing is here).
 
-    datasets       Blender-layout scenes (and the built-in one): Cameras, Split, Scene, load_scene, backgrounds;
-                   non-finite cameras refused, the background of RGB images stated
-    builtin_scene  the procedural scene every script trains on by default, with its exact SDF
+    data/          the data layer, one package (common/data/__init__.py lists its modules): the primitives
+                   (data.scene: Cameras, Split, Scene, image reading, downscaling, backgrounds, finiteness
+                   checks), one reader per format (blender, multiscale, llff, llff360, ngp_transforms, dtu, the
+                   built-in scenes builtin_scene and builtin_unbounded) and the dispatcher data.load.load_scene
     rays           get_rays (OpenGL convention, pixel centres), random ray batches, chunked rendering
     metrics        PSNR, SSIM
     paths          camera paths for videos (spherical, spiral)
@@ -16,5 +17,5 @@
     errors         UserError, Terminated (SIGTERM), warn (one warning line)
     dispatch       many independent tasks here (N at a time), on a Ray cluster or as a SLURM array (submitit)
 
-Import the modules you need (`from common.datasets import load_scene`); importing `common` itself loads nothing.
+Import the modules you need (`from common.data.load import load_scene`); importing `common` itself loads nothing.
 """

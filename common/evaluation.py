@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common.datasets import Scene, Split, composite_on_background
+from common.data.scene import Scene, Split, composite_on_background
 from common.errors import warn
 from common.metrics import constant_image_psnr, psnr, ssim
 from common.paths import default_video_path, load_camera_path

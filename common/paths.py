@@ -1,7 +1,7 @@
 """Camera paths for rendering videos: a circle around an object, a spiral for forward-facing captures.
 
 Poses are camera-to-world (4, 4) matrices in the OpenGL/Blender convention (x right, y up, looks along -z),
-the same as `common.datasets.Cameras.c2w`; the world's up axis is +z for Blender scenes.
+the same as `common.data.scene.Cameras.c2w`; the world's up axis is +z for Blender scenes.
 """
 import json
 import math

@@ -98,7 +98,7 @@ def get_rays(K: torch.Tensor, c2w: torch.Tensor, H: int, W: int, distortion: tor
 def sample_ray_batch(split, n_rays: int, generator: torch.Generator, pixel_box: tuple | None = None):
     """A random training batch: each ray picks an image and a pixel uniformly and independently.
 
-    split: a `common.datasets.Split` (images (N, H, W, C), cameras on the same device);
+    split: a `common.data.scene.Split` (images (N, H, W, C), cameras on the same device);
     generator: torch.Generator (any device; indices are drawn on its device, then moved to the images' device);
     pixel_box: (row_lo, row_hi, col_lo, col_hi), half-open, to draw only pixels inside it (01_nerf.py's
         precrop uses it); None = the whole image.

@@ -4,7 +4,7 @@ Any point of the object projects inside every mask, so the hull contains the obj
 region the silhouettes alone can give (concavities that no silhouette reveals stay filled). Jittor-Instant-NeuS
 carves its occupancy grid with it before training, so that no sample is ever spent outside the hull.
 
-Masks are the alpha channel of a split's images (Blender alpha, or the DTU masks that common/dtu.py puts there).
+Masks are the alpha channel of a split's images (Blender alpha, or the DTU masks that common/data/dtu.py puts there).
 Glossary: P points, N views, G cells per axis, H x W image.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from common.datasets import Split
+from common.data.scene import Split
 
 
 def project_points(points: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ import torch
 def builtin_scene_generation(tmp_path_factory):
     """(root, seconds): the built-in scene with its default settings, written once per session into a temporary
     folder, and the CPU time the generation took (CPU, not wall-clock, time: the CPU may be shared)."""
-    from common.builtin_scene import write_builtin_scene
+    from common.data.builtin_scene import write_builtin_scene
 
     root = tmp_path_factory.mktemp("builtin")
     start = time.process_time()

@@ -7,8 +7,8 @@ import imageio.v3 as iio
 import pytest
 import torch
 
-from common import builtin_scene
-from common.builtin_scene import (
+from common.data import builtin_scene
+from common.data.builtin_scene import (
     BOUND_RADIUS,
     CAMERA_ANGLE_X,
     albedo,
@@ -20,7 +20,7 @@ from common.builtin_scene import (
     trace_rays,
     write_builtin_scene,
 )
-from common.datasets import load_scene
+from common.data.load import load_scene
 from common.rays import get_rays
 
 
@@ -190,7 +190,7 @@ def test_load_scene_builtin_uses_data_builtin_and_regenerates_on_a_version_chang
 ):
     from pathlib import Path
 
-    assert builtin_scene.DEFAULT_ROOT == Path(builtin_scene.__file__).resolve().parents[1] / "data" / "builtin"
+    assert builtin_scene.DEFAULT_ROOT == Path(builtin_scene.__file__).resolve().parents[2] / "data" / "builtin"
     root = tmp_path / "data" / "builtin"
     shutil.copytree(builtin_scene_dir, root)
     monkeypatch.setattr(builtin_scene, "DEFAULT_ROOT", root)

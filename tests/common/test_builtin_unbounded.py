@@ -3,9 +3,9 @@ import math
 
 import torch
 
-from common import builtin_unbounded
-from common.builtin_scene import camera_poses
-from common.datasets import load_scene
+from common.data import builtin_unbounded
+from common.data.builtin_scene import camera_poses
+from common.data.load import load_scene
 from common.paths import focus_point, look_at, orbit_path
 
 

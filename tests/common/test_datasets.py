@@ -6,14 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from common import datasets
-from common.datasets import (
-    background_color,
-    composite_on_background,
-    downscale_area,
-    load_blender,
-    load_scene,
-)
+from common.data import blender
+from common.data.blender import load_blender
+from common.data.load import load_scene
+from common.data.scene import background_color, check_scene_finite, composite_on_background, downscale_area
 from common.errors import UserError
 
 LEGO_HOWTO = (
@@ -65,7 +61,7 @@ def test_missing_lego_folder_says_how_to_get_the_data(tmp_path, monkeypatch):
     message = str(err.value)
     assert str(tmp_path / "nowhere" / "transforms_train.json") in message
     assert LEGO_HOWTO in message and "\n" not in message
-    monkeypatch.setattr(datasets, "REPO_ROOT", tmp_path)  # the default location: <repo>/data/nerf_synthetic/lego
+    monkeypatch.setattr(blender, "REPO_ROOT", tmp_path)  # the default location: <repo>/data/nerf_synthetic/lego
     with pytest.raises(UserError, match="data/nerf_synthetic/lego/transforms_train.json not found"):
         load_scene("lego")
 
@@ -230,11 +226,11 @@ def test_check_scene_finite_refuses_non_finite_bounds_and_intrinsics(blender_sce
     scene = load_blender(blender_scene)
     scene.splits["test"].cameras.K[1, 0, 0] = float("nan")
     with pytest.raises(UserError, match=r"split 'test' of .*: frame 1 \(test/r_1.png\) has a non-finite camera"):
-        datasets.check_scene_finite(scene)
+        check_scene_finite(scene)
     scene = load_blender(blender_scene)
     scene.far = float("inf")
     with pytest.raises(UserError, match="the far bound of scene .* is inf"):
-        datasets.check_scene_finite(scene)
+        check_scene_finite(scene)
 
 
 def test_a_float_image_holding_nan_is_refused(tmp_path, make_blender_scene):

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.datasets import load_blender, load_scene
-from common.dtu import decompose_projection, load_dtu, write_neus_layout
+from common.data.blender import load_blender
+from common.data.dtu import decompose_projection, load_dtu, write_neus_layout
+from common.data.load import load_scene
 from common.errors import UserError
 from common.visual_hull import carve_grid, project_points
 from tests.conftest import SHARED_DATA
@@ -133,7 +134,7 @@ def test_bad_neus_scenes_fail_with_one_line_naming_the_fix(tmp_path):
 
 
 def test_visual_hull_keeps_every_cell_inside_the_builtin_shapes_and_little_else():
-    from common.builtin_scene import sdf
+    from common.data.builtin_scene import sdf
 
     scene = load_scene("builtin", splits=("train",), max_images=40)
     G = 32

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.datasets import Cameras, Scene, Split
+from common.data.scene import Cameras, Scene, Split
 from common.evaluation import evaluate_split, render_path_videos, view_indices
 from common.training import GracefulInterrupt, TrainLog
 
@@ -132,7 +132,7 @@ def test_check_model_learned_stops_a_run_no_better_than_a_constant_image(score, 
 def test_evaluate_split_records_the_constant_image_bar(tmp_path):
     from common.metrics import constant_image_psnr
 
-    from common.datasets import composite_on_background
+    from common.data.scene import composite_on_background
 
     split = _tiny_split()
     split.images[1, :4] = torch.tensor([0.0, 0.0, 1.0, 1.0])  # views of different content: one bar each

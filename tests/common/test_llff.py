@@ -1,4 +1,4 @@
-"""common/llff.py: the fern capture loads with NeRF's conventions, and its NDC rays span [-1, 1]."""
+"""common/data/llff.py: the fern capture loads with NeRF's conventions, and its NDC rays span [-1, 1]."""
 import shutil
 from pathlib import Path
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.datasets import load_scene
+from common.data.llff import ndc_rays, ndc_to_world, read_poses_bounds, spiral_focus_depth, spiral_poses
+from common.data.load import load_scene
 from common.errors import UserError
-from common.llff import ndc_rays, ndc_to_world, read_poses_bounds, spiral_focus_depth, spiral_poses
 from common.rays import get_rays
 
 # Real data lives beside the project (tests/conftest.py, SHARED_DATA); tests skip without it.

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from common.llff360 import load_llff360, read_poses_bounds, transform_poses_pca
+from common.data.llff360 import load_llff360, read_poses_bounds, transform_poses_pca
 from common.paths import look_at
 from tests.conftest import SHARED_DATA
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from common import builtin_scene
+from common.data import builtin_scene
 from common.errors import UserError
 from common.mesh import grid_points, marching_cubes, read_ply, sample_grid, write_ply
 

@@ -1,4 +1,4 @@
-"""common/multiscale.py: the multiscale Blender layout, built and loaded, and per-scale evaluation."""
+"""common/data/multiscale.py: the multiscale Blender layout, built and loaded, and per-scale evaluation."""
 import json
 import math
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from common import builtin_scene
-from common.datasets import load_scene
+from common.data import builtin_scene
+from common.data.load import load_scene
+from common.data.multiscale import build_multiscale, evaluate_levels, levels_of, load_multiscale, sample_pixels
 from common.errors import UserError
-from common.multiscale import build_multiscale, evaluate_levels, levels_of, load_multiscale, sample_pixels
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from common.datasets import load_scene
+from common.data.load import load_scene
+from common.data.ngp_transforms import load_ngp_transforms
 from common.errors import UserError
-from common.ngp_transforms import load_ngp_transforms
 from common.paths import look_at
 from common.rays import distort, get_rays, rays_through_pixels, undistort
 from tests.conftest import SHARED_DATA

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from common.datasets import Cameras, Split
+from common.data.scene import Cameras, Split
 from common.paths import look_at
 from common.rays import get_rays, rays_through_pixels, render_image, sample_ray_batch
 

@@ -189,7 +189,7 @@ def test_mipnerf_quick_preset_reaches_24db_on_builtin_test_views(quick_run):
 
 @pytest.mark.slow
 def test_mipnerf_mesh_of_the_builtin_scene_lies_on_its_true_surface(quick_run):
-    from common import builtin_scene
+    from common.data import builtin_scene
     from common.mesh import read_ply
 
     outdir, _ = quick_run

@@ -16,9 +16,9 @@ def mipnerf360_script():
 @pytest.mark.slow
 def test_mipnerf360_quick_preset_reaches_22db_on_the_unbounded_scene_and_puts_the_sky_far(mipnerf360_script,
                                                                                          tmp_path):
-    from common import builtin_unbounded
+    from common.data import builtin_unbounded
     from common.cli import parse_config
-    from common.datasets import load_scene
+    from common.data.load import load_scene
     from common.evaluation import render_view
 
     m = mipnerf360_script

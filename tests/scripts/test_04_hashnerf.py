@@ -47,7 +47,7 @@ def test_paper_batching_adapts_the_rays_to_the_sample_budget_and_learns(hashnerf
 def test_hashnerf_occupied_cells_cover_the_true_surface(hashnerf_script, tmp_path):
     """After a short training run, every cell the true geometry passes through well inside is still marked
     occupied: skipping it would cut a hole in the object. (The built-in scene's exact SDF is the reference.)"""
-    from common.builtin_scene import sdf
+    from common.data.builtin_scene import sdf
     from kernels.ray_marching import OccupancyGrid
 
     hashnerf_script.main(["--quick", "--iters", "120", "--outdir", str(tmp_path), "--device", "cpu",

@@ -140,7 +140,7 @@ def test_scan24_visual_hull_keeps_what_a_short_run_finds_occupied(neus, tmp_path
     state = torch.load(tmp_path / "ckpt_000150.pt", weights_only=False)
     bits = (state["grid"]["bitfield"][:, None].to(torch.int64) >> torch.arange(8)) & 1
     occupied = bits.flatten().bool()
-    from common.dtu import load_dtu
+    from common.data.dtu import load_dtu
     from common.visual_hull import carve_grid
 
     scene = load_dtu(scan, downscale=16)

@@ -43,7 +43,7 @@ def _error_line(err: str) -> str:
 @pytest.fixture(scope="module")
 def small_scene(tmp_path_factory):
     """The built-in scene, small: 8 training views, 1 val, 1 test, 32 x 32 pixels (RGBA)."""
-    from common.builtin_scene import write_builtin_scene
+    from common.data.builtin_scene import write_builtin_scene
 
     root = tmp_path_factory.mktemp("scene") / "builtin_small"
     write_builtin_scene(root, n_train=8, n_val=1, n_test=1, resolution=32)

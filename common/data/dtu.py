@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.datasets import SPLITS, Cameras, Scene, Split, _read_image, downscale_area
+from common.data.scene import SPLITS, Cameras, Scene, Split, downscale_area, read_image
 from common.errors import UserError
 
 CAMERAS_FILE = "cameras_sphere.npz"
@@ -123,7 +123,7 @@ def load_dtu(root, downscale: int = 1, splits=SPLITS, max_images: dict | int | N
 
     rgba, Ks, c2ws, full_size = [], [], [], None
     for i in numbers:
-        image, mask = _read_image(images[i]), _read_image(masks[i])
+        image, mask = read_image(images[i]), read_image(masks[i])
         for path, array in ((images[i], image), (masks[i], mask)):
             if full_size is None:
                 full_size, first = array.shape[:2], path

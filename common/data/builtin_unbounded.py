@@ -1,14 +1,14 @@
 """The built-in *unbounded* scene: the built-in objects inside a distant textured sky sphere.
 
 mip-NeRF 360 (03) is about captures whose background lies at every distance. Its built-in scene is the
-object scene of `common.builtin_scene` (the same four analytic shapes, the same shading, the same cameras on a
+object scene of `common.data.builtin_scene` (the same four analytic shapes, the same shading, the same cameras on a
 sphere of radius 4 looking at the origin, with a wider field of view) placed inside a sphere of radius
 SKY_RADIUS = 25 that carries a smooth procedural texture. Every ray hits something, so the images are opaque: stored as
 RGBA with alpha 1 everywhere (no background colour to assume or composite), and the far background is six times farther than the objects: a NeRF sampling linearly between near and far
 wastes most samples on empty space, and a bounded NeRF cannot put the sky at its true distance.
 
 Written in the Blender layout (transforms_{train,val,test}.json + {split}/r_<i>.png, read by
-`common.datasets.load_blender`), with one difference: the poses in the JSON files are in a world scaled by
+`common.data.blender.load_blender`), with one difference: the poses in the JSON files are in a world scaled by
 WORLD_SCALE = 0.4 (cameras at radius 1.6, objects within 0.52 of the origin, sky at radius 10). A uniform scaling
 of the world and the cameras leaves every image unchanged; it plays the part of mip-NeRF 360's pose
 normalisation (cameras inside [-1, 1]^3 after `transform_poses_pca`), so that the objects lie inside the unit ball
@@ -20,13 +20,15 @@ from pathlib import Path
 
 import torch
 
-from common import builtin_scene
-from common.builtin_scene import STAMP_FILE, _atomic_write_bytes, camera_poses, render_views, write_blender_split
+from common.data import builtin_scene
+from common.data.blender import write_blender_split
+from common.data.builtin_scene import STAMP_FILE, camera_poses, render_views
+from common.data.scene import atomic_write_bytes
 from common.rays import rays_through_pixels
 
 # Bump when anything below changes: `ensure_unbounded_scene` regenerates data stamped with another version.
 SCENE_VERSION = 2
-DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "data" / "builtin_unbounded"
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "data" / "builtin_unbounded"
 DEFAULT_RESOLUTION = 64
 CAMERA_ANGLE_X = 1.0  # radians (57 degrees): wider than lego's 0.69, so every view shows sky around the objects
 SKY_RADIUS = 25.0  # world units of builtin_scene (cameras at radius 4)
@@ -112,7 +114,7 @@ def write_unbounded_scene(root, n_train: int = 60, n_val: int = 4, n_test: int =
         scaled = poses.clone()
         scaled[:, :3, 3] *= WORLD_SCALE
         write_blender_split(root, split, rgba, scaled, {"camera_angle_x": CAMERA_ANGLE_X, "world_scale": WORLD_SCALE})
-    _atomic_write_bytes(root / STAMP_FILE, json.dumps(_stamp(resolution, n_train, n_val, n_test)).encode())
+    atomic_write_bytes(root / STAMP_FILE, json.dumps(_stamp(resolution, n_train, n_val, n_test)).encode())
     return root
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.datasets import Cameras, Scene, Split, _read_image, downscale_area
+from common.data.scene import Cameras, Scene, Split, downscale_area, read_image
 from common.errors import UserError
 
 HOLDOUT_EVERY = 8
@@ -99,7 +99,7 @@ def load_llff360(root, downscale: int = 4, splits=("train", "val", "test"),
     for split in splits:
         limit = max_images.get(split) if isinstance(max_images, dict) else max_images
         chosen = indices[split][:limit] if limit is not None else indices[split]
-        images = [downscale_area(_read_image(files[i])[..., :3], extra) for i in chosen]
+        images = [downscale_area(read_image(files[i])[..., :3], extra) for i in chosen]
         if len({im.shape for im in images}) > 1:
             raise UserError(f"images of mixed sizes in {folder}: resize them to one size")
         H, W = images[0].shape[:2]

@@ -3,7 +3,7 @@
 Every script trains on it by default, so the project runs with no download: `write_builtin_scene` renders
 `transforms_{train,val,test}.json` and RGBA PNGs exactly like NeRF's Blender scenes (same field of view as
 lego, cameras on a sphere of radius 4 looking at the origin, near 2, far 6, transparent background) and
-`common.datasets.load_blender` reads it like any other Blender scene.
+`common.data.blender.load_blender` reads it like any other Blender scene.
 
 The geometry is known in closed form, which the tests use: `sdf(points)` is the exact signed distance to the
 union of a rounded box, a sphere, a torus and a capsule (the classic exact formulas, as collected by Inigo
@@ -19,11 +19,12 @@ Glossary: R rays, N cameras or points, P primitives, H x W image, s supersamplin
 """
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 
+from common.data.blender import write_blender_split
+from common.data.scene import atomic_write_bytes
 from common.numerics import DIVISION_EPS
 from common.paths import look_at
 from common.rays import rays_through_pixels
@@ -32,7 +33,7 @@ from common.rays import rays_through_pixels
 # stamp holds another version.
 SCENE_VERSION = 1
 STAMP_FILE = "builtin_scene_version.json"
-DEFAULT_ROOT = Path(__file__).resolve().parents[1] / "data" / "builtin"
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "data" / "builtin"
 
 DEFAULT_RESOLUTION = 100
 CAMERA_ANGLE_X = 0.6911112070083618  # horizontal field of view of the Blender lego scene (radians)
@@ -336,33 +337,6 @@ def _stamp(resolution: int, n_train: int, n_val: int, n_test: int) -> dict:
     return dict(version=SCENE_VERSION, resolution=resolution, n_train=n_train, n_val=n_val, n_test=n_test)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file + os.replace, so a reader (or a concurrent writer) never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def write_blender_split(root: Path, split: str, images: torch.Tensor, poses: torch.Tensor, header: dict) -> None:
-    """Write one split in the Blender layout: `<split>/r_<i>.png` from images (N, H, W, 3 or 4) in [0, 1] and
-    `transforms_<split>.json` = header + frames (file_path, transform_matrix from poses (N, 4, 4)), each file
-    atomically."""
-    import io
-
-    from PIL import Image
-
-    pixels = (images * 255.0).round().to(torch.uint8).numpy()
-    (root / split).mkdir(exist_ok=True)
-    frames = []
-    for i, (image, pose) in enumerate(zip(pixels, poses)):
-        png = io.BytesIO()
-        Image.fromarray(image).save(png, format="PNG")
-        _atomic_write_bytes(root / split / f"r_{i}.png", png.getvalue())
-        frames.append({"file_path": f"./{split}/r_{i}", "transform_matrix": pose.tolist()})
-    transforms = {**header, "frames": frames}
-    _atomic_write_bytes(root / f"transforms_{split}.json", json.dumps(transforms, indent=2).encode())
-
-
 def write_builtin_scene(
     root, n_train: int = 100, n_val: int = 8, n_test: int = 8, resolution: int = DEFAULT_RESOLUTION
 ) -> Path:
@@ -380,7 +354,7 @@ def write_builtin_scene(
         images = render_views(poses, resolution, resolution, focal)  # (N, H, W, 4)
         write_blender_split(root, split, images, poses, {"camera_angle_x": CAMERA_ANGLE_X})
     stamp = _stamp(resolution, n_train, n_val, n_test)
-    _atomic_write_bytes(root / STAMP_FILE, json.dumps(stamp).encode())
+    atomic_write_bytes(root / STAMP_FILE, json.dumps(stamp).encode())
     return root
 
 

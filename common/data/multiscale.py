@@ -15,7 +15,7 @@ pixels, so it weighs as much in the loss), pix2cam (the inverse intrinsics with 
 camera frame: [[1/fx, 0, -cx/fx], [0, -1/fy, cy/fy], [0, 0, -1]]).
 
 Where we differ from the public converter, on purpose:
-- by default, levels are area averages of *premultiplied* RGBA (`common.datasets.downscale_area`), so that
+- by default, levels are area averages of *premultiplied* RGBA (`common.data.scene.downscale_area`), so that
   compositing on white after downscaling equals downscaling the composited image; the converter averages
   straight RGBA (protocol="straight", --gt_protocol straight), which darkens silhouette pixels slightly;
 - 8-bit values are rounded (the converter truncates img * 255);
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common.datasets import (BLENDER_AABB, SPLITS, Cameras, Scene, Split, _image_path, _read_image,
-                             _read_transforms, downscale_area)
+from common.data.blender import BLENDER_AABB, frame_image_path, read_split_transforms
+from common.data.scene import SPLITS, Cameras, Scene, Split, downscale_area, read_image
 from common.errors import UserError
 from common.metrics import constant_image_psnr, psnr, ssim
 from common.training import write_json
@@ -48,7 +48,7 @@ METADATA_FIELDS = ("file_path", "cam2world", "width", "height", "focal", "label"
 @dataclass
 class Level:
     """The images of one split at one resolution: label j (0 = full, 3 = 1/8), the loss multiplier of its
-    pixels, and the images with their cameras as a `common.datasets.Split` (one size per level)."""
+    pixels, and the images with their cameras as a `common.data.scene.Split` (one size per level)."""
 
     label: int
     lossmult: float
@@ -85,7 +85,7 @@ def build_multiscale(source, root, n_levels: int = N_LEVELS, downscale: int = 1,
     downscale: reduce the source images by this factor first (area averaging), so that level 0 is the source at
     1 / downscale (a CPU-sized benchmark: lego 400 px -> 100, 50, 25, 12 px).
     protocol: how RGBA is averaged, "premultiplied" (ours) or "straight" (the public converter's), see
-    `common.datasets.downscale_area`.
+    `common.data.scene.downscale_area`.
 
     Written once: if root/metadata.json exists and records the same source and number of levels (in
     root/multiscale_source.json), nothing is done. The stamp is written last, so an interrupted build is redone.
@@ -103,13 +103,13 @@ def build_multiscale(source, root, n_levels: int = N_LEVELS, downscale: int = 1,
             pass
     metadata = {}
     for split in splits:
-        camera_angle_x, frames = _read_transforms(source / f"transforms_{split}.json")
+        camera_angle_x, frames = read_split_transforms(source / f"transforms_{split}.json")
         entries = {name: [] for name in (*METADATA_FIELDS, "pix2cam")}
         for i, frame in enumerate(tqdm(frames, desc=f"multiscale {split}", leave=False, disable=not progress)):
-            path = _image_path(source, frame["file_path"])
+            path = frame_image_path(source, frame["file_path"])
             if not path.is_file():
                 raise UserError(f"{source / f'transforms_{split}.json'} names {path}, which is missing: re-extract the scene")
-            full = downscale_area(_read_image(path), downscale, protocol)
+            full = downscale_area(read_image(path), downscale, protocol)
             H0, W0 = full.shape[:2]
             focal0 = 0.5 * W0 / math.tan(0.5 * camera_angle_x)
             for j in range(n_levels):
@@ -191,7 +191,7 @@ def load_multiscale(root, splits=SPLITS) -> MultiscaleScene:
                 image_path = root / e["file_path"]
                 if not image_path.is_file():
                     raise UserError(f"{path} names {image_path}, which is missing: rebuild the multiscale scene")
-                image = _read_image(image_path)
+                image = read_image(image_path)
                 if image.shape[:2] != (e["height"], e["width"]):
                     raise UserError(f"{image_path} is {image.shape[1]}x{image.shape[0]}, but {path} says "
                                     f"{e['width']}x{e['height']}: rebuild the multiscale scene")

@@ -9,7 +9,7 @@ a camera-to-world matrix per frame (e.g. Instant-NGP's fox, made by its colmap2n
     <scene>/images/...        the photographs
 
 Conventions: transform_matrix is camera-to-world in the OpenGL convention (x right, y up, looks along -z), as in
-`common.datasets`. Intrinsics may also be given per frame (nerfstudio); a frame's own value wins. Distortion is
+`common.data.scene`. Intrinsics may also be given per frame (nerfstudio); a frame's own value wins. Distortion is
 undone on the pixel coordinates of the rays (`common.rays.undistort`), never by resampling the images.
 Fisheye models (`is_fisheye`, `camera_model: OPENCV_FISHEYE`, k3/k4) are not supported and are refused.
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.datasets import Cameras, Scene, Split, _read_image, downscale_area
+from common.data.scene import Cameras, Scene, Split, downscale_area, read_image
 from common.errors import UserError, warn
 
 TRANSFORMS = "transforms.json"
@@ -136,7 +136,7 @@ def _load_split(root, path, meta, split, frames, downscale, scale, offset) -> Sp
     images, Ks, distortions, poses = [], [], [], []
     for frame in frames:
         image_path = root / frame["file_path"]
-        image = _read_image(image_path)
+        image = read_image(image_path)
         H_full, W_full = image.shape[:2]
         w, h = _number(meta, frame, "w", path), _number(meta, frame, "h", path)
         if (w is not None and int(w) != W_full) or (h is not None and int(h) != H_full):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.datasets import Cameras, Scene, Split, _read_image, downscale_area
+from common.data.scene import Cameras, Scene, Split, downscale_area, read_image
 from common.errors import UserError
 from common.paths import average_pose, spiral_path
 
@@ -75,7 +75,7 @@ def _read_images(root: Path, factor: int) -> tuple[list[Path], np.ndarray]:
     files = _image_files(folder)
     if not files:
         raise UserError(f"{folder} holds no .png or .jpg image")
-    images = [downscale_area(_read_image(path)[..., :3], reduce_by) for path in files]
+    images = [downscale_area(read_image(path)[..., :3], reduce_by) for path in files]
     if len({image.shape for image in images}) > 1:
         raise UserError(f"images of mixed sizes in {folder}: LLFF captures need one size")
     return files, np.stack(images)
