@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.data.scene import (SPLITS, Cameras, Scene, Split, atomic_write_bytes, check_scene_finite,
+from common.data.scene import (SPLITS, Cameras, Scene, Split, atomic_write_bytes,
                                downscale_area, read_image, warn_rgb_background)
 from common.errors import UserError
 
@@ -83,8 +83,8 @@ def load_blender(root, downscale: int = 1, splits=SPLITS, max_images: dict | int
         far=BLENDER_FAR,
         aabb=torch.tensor(BLENDER_AABB, dtype=torch.float32),
         white_background=True,
-    )
-    check_scene_finite(scene)
+        camera_files={split: root / f"transforms_{split}.json" for split in loaded},
+    )  # checked when built (common.data.scene.check_scene)
     warn_rgb_background(scene)
     return scene
 

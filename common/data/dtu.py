@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.data.scene import SPLITS, Cameras, Scene, Split, downscale_area, read_image
+from common.data.scene import SPLITS, Cameras, Scene, Split, check_matrix, downscale_area, read_image
 from common.errors import UserError
 
 CAMERAS_FILE = "cameras_sphere.npz"
@@ -134,6 +134,10 @@ def load_dtu(root, downscale: int = 1, splits=SPLITS, max_images: dict | int | N
                                 f"{path} is {array.shape[1]}x{array.shape[0]}; resize them to one size")
         alpha = (mask[..., :1] > MASK_THRESHOLD).astype(np.float32)  # (H, W, 1) first channel of the mask
         rgba.append(downscale_area(np.concatenate([image[..., :3], alpha], axis=-1), downscale))
+        own_scale = f"scale_mat_{i}" if f"scale_mat_{i}" in cameras else f"scale_mat_{numbers[0]}"
+        for key in (f"world_mat_{i}", own_scale):  # before the decomposition: a LinAlgError or NaN otherwise
+            check_matrix(cameras.get(key, scale_mat),
+                         f"{root / CAMERAS_FILE}: {key} (for {images[i].relative_to(root).as_posix()})")
         P = cameras[f"world_mat_{i}"] @ cameras.get(f"scale_mat_{i}", scale_mat)
         K, c2w = decompose_projection(P)
         c2w[:3, 1:3] *= -1  # OpenCV camera axes (y down, z forward) -> OpenGL (y up, z backward)
@@ -160,7 +164,7 @@ def load_dtu(root, downscale: int = 1, splits=SPLITS, max_images: dict | int | N
     return NeuSScene(name=root.name, root=root, splits=loaded, near=max(float(distances.min()) - 1.0, 0.05),
                      far=float(distances.max()) + 1.0,
                      aabb=torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]), white_background=False,
-                     scale_mat=scale_mat)
+                     camera_files={split: root / CAMERAS_FILE for split in loaded}, scale_mat=scale_mat)
 
 
 def write_neus_layout(root, images: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, scale_mat: np.ndarray,

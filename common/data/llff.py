@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.data.scene import Cameras, Scene, Split, downscale_area, read_image
+from common.data.scene import Cameras, Scene, Split, check_matrix, downscale_area, read_image
 from common.errors import UserError
 from common.paths import average_pose, spiral_path
 
@@ -56,7 +56,14 @@ def read_poses_bounds(root) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"cannot read {path} ({err}): re-download or regenerate it") from err
     if array.ndim != 2 or array.shape[1] != 17 or array.shape[0] < 1:
         raise UserError(f"{path} holds an array of shape {array.shape}, not (N, 17): regenerate it with imgs2poses.py")
-    return array[:, :15].reshape(-1, 3, 5).astype(np.float64), array[:, 15:17].astype(np.float64)
+    poses, bounds = array[:, :15].reshape(-1, 3, 5).astype(np.float64), array[:, 15:17].astype(np.float64)
+    for i in range(len(poses)):  # before the rescaling and recentring, which would spread one bad row to all
+        check_matrix(poses[i, :, :4], f"{path}: row {i} (counting from 0; rows go with the images in file-name "
+                                      f"order)")
+        if not (np.isfinite(bounds[i]).all() and 0 < bounds[i, 0] < bounds[i, 1]):
+            raise UserError(f"{path}: row {i} has depth bounds {bounds[i].tolist()}; they must be finite with "
+                            f"0 < near < far: regenerate it with imgs2poses.py")
+    return poses, bounds
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -127,6 +134,7 @@ def load_llff(root, factor: int = 4, hold: int = LLFF_HOLD, splits=("train", "va
                               [files[i].relative_to(root).as_posix() for i in ids])
     return ForwardFacingScene(name=root.name, root=root, splits=loaded, near=0.0, far=1.0,
                               aabb=torch.tensor([[-1.0] * 3, [1.0] * 3]), white_background=False,
+                              camera_files={split: root / "poses_bounds.npy" for split in loaded},
                               bounds=torch.from_numpy(bounds).float(), ndc_near=NDC_NEAR)
 
 

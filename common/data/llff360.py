@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.data.scene import Cameras, Scene, Split, downscale_area, read_image
+from common.data.scene import Cameras, Scene, Split, check_matrix, downscale_area, read_image
 from common.errors import UserError
 
 HOLDOUT_EVERY = 8
@@ -37,6 +37,12 @@ def read_poses_bounds(path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if data.ndim != 2 or data.shape[1] != 17 or not np.isfinite(data).all():
         raise UserError(f"{path} must hold a finite N x 17 array (3x5 pose + 2 bounds per image), got shape "
                         f"{data.shape}: regenerate it with LLFF's imgs2poses.py")
+    for i, row in enumerate(data):  # before the PCA normalisation, which would spread one singular pose to all
+        check_matrix(row[:15].reshape(3, 5)[:, :4],
+                     f"{path}: row {i} (counting from 0; rows go with the images in file-name order)")
+        if not 0 < row[15] < row[16]:
+            raise UserError(f"{path}: row {i} has depth bounds {row[15:17].tolist()}; they must be finite with "
+                            f"0 < near < far: regenerate it with LLFF's imgs2poses.py")
     poses = torch.from_numpy(data[:, :15].reshape(-1, 3, 5)).double()  # (N, 3, 5)
     # Columns [down, right, backwards] -> [right, up, backwards]: x = right, y = -down.
     rotation = torch.stack([poses[:, :, 1], -poses[:, :, 0], poses[:, :, 2]], dim=-1)  # (N, 3, 3)
@@ -115,4 +121,5 @@ def load_llff360(root, downscale: int = 4, splits=("train", "val", "test"),
                               files=[files[i].relative_to(root).as_posix() for i in chosen])
     near, far = float(bounds.min()) * scale, float(bounds.max()) * scale
     aabb = torch.tensor([[-1.0] * 3, [1.0] * 3]) * (1.0 + far)  # every point within `far` of a camera
-    return Scene(name=root.name, root=root, splits=loaded, near=near, far=far, aabb=aabb, white_background=False)
+    return Scene(name=root.name, root=root, splits=loaded, near=near, far=far, aabb=aabb, white_background=False,
+                 camera_files={split: root / "poses_bounds.npy" for split in loaded})

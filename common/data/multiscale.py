@@ -211,7 +211,7 @@ def load_multiscale(root, splits=SPLITS) -> MultiscaleScene:
         raise UserError(f"{path}: near/far differ between images ({sorted(nears)}, {sorted(fars)}); one pair is expected")
     return MultiscaleScene(name=root.name, root=root, splits={s: levels[s][0].split for s in splits},
                            near=nears.pop(), far=fars.pop(), aabb=torch.tensor(BLENDER_AABB, dtype=torch.float32),
-                           white_background=True, levels=levels)
+                           white_background=True, camera_files={s: path for s in splits}, levels=levels)
 
 
 # ------------------------------------------------------------------------------------------------------------

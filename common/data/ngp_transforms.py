@@ -87,6 +87,9 @@ def read_transforms(path: Path) -> dict:
                 or not all(isinstance(x, (int, float)) for x in matrix.flat)):
             raise UserError(f"{path} is malformed: frame {i} needs a 'file_path' string and a 4x4 numeric "
                             f"'transform_matrix'; fix or re-export it")
+        if not all(math.isfinite(x) for x in matrix.flat):  # JSON readers accept NaN and Infinity
+            raise UserError(f"{path}: frame {i} ({frame['file_path']}) has a non-finite 'transform_matrix' (NaN "
+                            f"or Infinity); fix or re-export it")
     return meta
 
 
@@ -129,7 +132,8 @@ def load_ngp_transforms(root, downscale: int = 1, splits=("train", "val", "test"
     aabb = torch.tensor([[-aabb_scale / 2] * 3, [aabb_scale / 2] * 3])
     centres = torch.cat([s.cameras.c2w[:, :3, 3] for s in loaded.values()])
     far = float(centres.norm(dim=-1).max()) + math.sqrt(3) * aabb_scale / 2
-    return Scene(name=root.name, root=root, splits=loaded, near=NEAR, far=far, aabb=aabb, white_background=False)
+    return Scene(name=root.name, root=root, splits=loaded, near=NEAR, far=far, aabb=aabb, white_background=False,
+                 camera_files={split: path for split in loaded})
 
 
 def _load_split(root, path, meta, split, frames, downscale, scale, offset) -> Split:

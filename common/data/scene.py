@@ -3,8 +3,11 @@
     Cameras, Split, Scene          the loaded scene: cameras (c2w, K, size, distortion) and images per split
     composite_on_background,       the background a split's RGBA images are composited on, and the colours a
     background_color               script draws for it
-    check_scene_finite,            checks every loader runs on the Scene it builds (non-finite cameras refused,
-    warn_rgb_background            the background of RGB images stated)
+    check_scene,                   checks every Scene gets when it is built, whatever format built it (a camera
+                                   no renderer can use refused naming the file and the frame), and the
+    warn_rgb_background            warning every loader gives for RGB images (their background stated)
+    check_matrix                   the same test of one matrix, for a format to run on its raw input before
+                                   its own arithmetic (DTU decomposes projections, LLFF recentres poses)
     read_image, downscale_area     image files to float arrays, and area-averaged reduction
     atomic_write_bytes             write a file so that no reader ever sees half of it
 
@@ -21,7 +24,10 @@ background; `warn_rgb_background` says so in one warning line, because RGB image
 
 Every number that places a camera (the pose, the intrinsics and the near/far bounds) must be finite: JSON
 readers accept NaN and Infinity, and one NaN pose used to pass the checks and make training 20-40x slower
-before it died silently. `check_scene_finite` refuses them naming the file and the frame.
+before it died silently; a NaN in a *test* pose trained for its whole budget and then reported PSNR nan with
+exit status 0. A pose must also be invertible and the intrinsics must make an image (a positive focal length,
+at least one pixel). `check_scene` refuses each of these naming the file and the frame; `Scene` runs it when it
+is built (`__post_init__`), so a new format is checked by constructing its Scene, on every split.
 """
 import math
 import os
@@ -89,6 +95,12 @@ class Scene:
     far: float
     aabb: torch.Tensor
     white_background: bool
+    # split -> the file its cameras were read from (transforms_test.json, cameras_sphere.npz, ...), for the
+    # messages of check_scene; a format that does not give one is named by its folder.
+    camera_files: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        check_scene(self)  # every format's Scene, every split: by construction
 
     @property
     def background(self) -> float:
@@ -125,21 +137,83 @@ def background_color(kind: str, shape, generator: torch.Generator | None = None,
     raise ValueError(f"background kind must be 'white', 'black' or 'random', got {kind!r}")
 
 
-def check_scene_finite(scene: Scene) -> None:
-    """UserError naming the split file and the frame if a camera (c2w, K) or the near/far bounds of `scene`
-    hold a NaN or an Inf. For loaders of any layout: call it on the Scene they build."""
+# A camera-to-world rotation block whose smallest singular value is below this fraction of its largest is
+# singular: its rays would all lie in a plane (or on a line), and inverting it (recentring, world-to-camera) fails.
+SINGULAR_POSE_RATIO = 1e-6
+
+
+def check_matrix(matrix, what: str) -> None:
+    """One-line UserError if a camera matrix read from a file holds a NaN or an Inf, or if its leading 3x3 block
+    (the rotation of a pose, K R of a projection) is singular: its smallest singular value below
+    SINGULAR_POSE_RATIO times its largest. `what` names the file and the entry, e.g.
+    "data/scan24/cameras_sphere.npz: world_mat_3 (image/003.png)". For a format to run on its raw input before
+    its own arithmetic turns the defect into a LinAlgError or NaN everywhere."""
+    matrix = torch.as_tensor(np.asarray(matrix, dtype=np.float64))
+    if not bool(torch.isfinite(matrix).all()):
+        raise UserError(f"{what} holds NaN or Infinity: fix or re-download the file")
+    singular_values = torch.linalg.svdvals(matrix[:3, :3])
+    if not float(singular_values[-1]) > SINGULAR_POSE_RATIO * float(singular_values[0]):
+        raise UserError(f"{what} is singular (it has no inverse, so it places no camera): fix or re-download "
+                        f"the file")
+
+
+def _camera_problems(cams: Cameras) -> list:
+    """For each camera of `cams`, what makes it unusable, or None (all cameras at once: one SVD batch)."""
+    finite = torch.isfinite(cams.c2w).flatten(1).all(1) & torch.isfinite(cams.K).flatten(1).all(1)  # (N,)
+    eye = torch.eye(3, dtype=torch.float64)
+    rotations = torch.where(finite[:, None, None], cams.c2w[:, :3, :3].double(), eye)  # (N, 3, 3)
+    singular_values = torch.linalg.svdvals(rotations)  # (N, 3), descending
+    singular = ~(singular_values[:, -1] > SINGULAR_POSE_RATIO * singular_values[:, 0])  # (N,)
+    problems = []
+    for i in range(len(cams.c2w)):
+        fx, fy = float(cams.K[i, 0, 0]), float(cams.K[i, 1, 1])
+        if not bool(finite[i]):
+            problems.append("has a non-finite camera (NaN or Inf in its pose or intrinsics)")
+        elif bool(singular[i]):
+            problems.append("has a singular pose (its rotation block has no inverse, so its rays span no image)")
+        elif not (fx > 0 and fy > 0):
+            problems.append(f"has intrinsics that make no image (focal lengths fx = {fx:g}, fy = {fy:g} pixels; "
+                            f"both must be > 0)")
+        else:
+            problems.append(None)
+    return problems
+
+
+def check_scene(scene: Scene) -> None:
+    """Refuse, with a one-line UserError naming the file (Scene.camera_files, else the folder) and the frame, a
+    scene that no renderer can use:
+      * near/far bounds that are not finite, negative, or not near < far;
+      * a split (or a level of a multiscale scene: `scene.levels`) with no frame, with a number of cameras that
+        is not its number of images, or whose images (at least 1x1 pixel) are not the cameras' size;
+      * a camera with a NaN or an Inf in its pose or intrinsics, a singular pose (rotation block), or focal
+        lengths that are not positive.
+    Scene runs it when built; call it again after changing a Scene in code."""
     for bound, value in (("near", scene.near), ("far", scene.far)):
         if not math.isfinite(value):
             raise UserError(f"the {bound} bound of scene {scene.root} is {value}: it must be a finite depth; fix "
                             f"the scene's bounds")
-    for split in scene.splits.values():
-        cams = split.cameras
-        bad = ~(torch.isfinite(cams.c2w).flatten(1).all(1) & torch.isfinite(cams.K).flatten(1).all(1))  # (N,)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            name = split.files[i] if i < len(split.files) else f"frame {i}"
-            raise UserError(f"split {split.name!r} of {scene.root}: frame {i} ({name}) has a non-finite camera "
-                            f"(NaN or Inf in its pose or intrinsics); fix or re-download the scene")
+    if not 0 <= scene.near < scene.far:
+        raise UserError(f"scene {scene.root} has near = {scene.near:g}, far = {scene.far:g}: the bounds need "
+                        f"0 <= near < far; fix the scene's bounds")
+    levels = [level.split for split_levels in (getattr(scene, "levels", None) or {}).values()
+              for level in split_levels]
+    for split in [*scene.splits.values(), *levels]:
+        where = scene.camera_files.get(split.name) or f"split {split.name!r} of {scene.root}"
+        cams, images = split.cameras, split.images
+        if len(images) == 0:
+            raise UserError(f"{where}: the {split.name} split has no frame; add frames")
+        if not (len(cams.c2w) == len(cams.K) == len(images)):
+            raise UserError(f"{where}: {len(images)} images but {len(cams.c2w)} poses and {len(cams.K)} intrinsics "
+                            f"in the {split.name} split; they must match one to one")
+        if not (cams.height >= 1 and cams.width >= 1) or tuple(images.shape[1:3]) != (cams.height, cams.width):
+            raise UserError(f"{where}: the {split.name} cameras make {cams.width}x{cams.height} images but the images "
+                            f"are {images.shape[2]}x{images.shape[1]} pixels (a --downscale larger than the images?); "
+                            f"fix the scene or lower --downscale")
+        for i, problem in enumerate(_camera_problems(cams)):
+            if problem is not None:
+                name = split.files[i] if i < len(split.files) else f"frame {i}"
+                raise UserError(f"{where}: frame {i} ({name}) of the {split.name} split {problem}; fix or "
+                                f"re-download the scene")
 
 
 def warn_rgb_background(scene: Scene) -> None:

@@ -9,7 +9,7 @@ import torch
 from common.data import blender
 from common.data.blender import load_blender
 from common.data.load import load_scene
-from common.data.scene import background_color, check_scene_finite, composite_on_background, downscale_area
+from common.data.scene import background_color, check_scene, composite_on_background, downscale_area
 from common.errors import UserError
 
 LEGO_HOWTO = (
@@ -222,15 +222,16 @@ def test_a_camera_angle_that_is_not_a_finite_angle_is_refused(blender_scene, val
     assert str(path) in str(err.value)
 
 
-def test_check_scene_finite_refuses_non_finite_bounds_and_intrinsics(blender_scene):
+def test_check_scene_refuses_non_finite_bounds_and_intrinsics(blender_scene):
     scene = load_blender(blender_scene)
     scene.splits["test"].cameras.K[1, 0, 0] = float("nan")
-    with pytest.raises(UserError, match=r"split 'test' of .*: frame 1 \(test/r_1.png\) has a non-finite camera"):
-        check_scene_finite(scene)
+    with pytest.raises(UserError, match=r"transforms_test\.json: frame 1 \(test/r_1.png\) of the test split has a "
+                                        r"non-finite camera"):
+        check_scene(scene)
     scene = load_blender(blender_scene)
     scene.far = float("inf")
     with pytest.raises(UserError, match="the far bound of scene .* is inf"):
-        check_scene_finite(scene)
+        check_scene(scene)
 
 
 def test_a_float_image_holding_nan_is_refused(tmp_path, make_blender_scene):

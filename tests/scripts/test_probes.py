@@ -39,13 +39,80 @@ FAST = ["--quick", "--device", "cpu", "--backend", "torch", "--batch_rays", "128
 
 
 @pytest.fixture(scope="module")
-def tiny_scene(tmp_path_factory) -> Path:
-    """The built-in scene, small: 8 training views, 1 val, 1 test, 32 x 32 pixels (RGBA)."""
+def scenes(tmp_path_factory) -> dict:
+    """One tiny valid scene in every layout the loaders read, made from the built-in scene (10 views of 32 x 32
+    pixels: 8 train, 1 val, 1 test): {"blender", "ngp" (one transforms.json), "dtu" (cameras_sphere.npz),
+    "llff" (poses_bounds.npy + images/), "multiscale" (metadata.json)}."""
     from common.data.builtin_scene import write_builtin_scene
 
-    root = tmp_path_factory.mktemp("probe_scene") / "tiny"
-    write_builtin_scene(root, n_train=8, n_val=1, n_test=1, resolution=32)
+    base = tmp_path_factory.mktemp("probe_scenes")
+    blender = base / "blender"
+    write_builtin_scene(blender, n_train=8, n_val=1, n_test=1, resolution=32)
+    images, K, c2w = _all_frames(blender)
+    return {"blender": blender, "ngp": _write_ngp(base / "ngp", images, K, c2w),
+            "dtu": _write_dtu(base / "dtu", images, K, c2w), "llff": _write_llff(base / "llff", images, K, c2w),
+            "multiscale": _write_multiscale(blender, base / "multiscale")}
+
+
+@pytest.fixture(scope="module")
+def tiny_scene(scenes) -> Path:
+    """The Blender-layout one: what most probes train on."""
+    return scenes["blender"]
+
+
+def _all_frames(blender: Path):
+    """Images (N, H, W, 4), K (N, 3, 3) and c2w (N, 4, 4) of every split of a Blender-layout scene."""
+    from common.data.blender import load_blender
+
+    scene = load_blender(blender)
+    splits = [scene.splits[name] for name in ("train", "val", "test")]
+    return (torch.cat([s.images for s in splits]), torch.cat([s.cameras.K for s in splits]),
+            torch.cat([s.cameras.c2w for s in splits]))
+
+
+def _write_ngp(root: Path, images, K, c2w) -> Path:
+    from common.video import save_image
+
+    frames = []
+    for i in range(len(images)):
+        save_image(root / "images" / f"{i:04d}.png", images[i])
+        frames.append({"file_path": f"images/{i:04d}.png", "transform_matrix": c2w[i].tolist()})
+    H, W = images.shape[1:3]
+    meta = {"fl_x": float(K[0, 0, 0]), "fl_y": float(K[0, 1, 1]), "cx": W / 2, "cy": H / 2, "w": W, "h": H,
+            "scale": 1.0, "offset": [0.5, 0.5, 0.5], "frames": frames}
+    (root / "transforms.json").write_text(json.dumps(meta))
     return root
+
+
+def _write_dtu(root: Path, images, K, c2w) -> Path:
+    import numpy as np
+
+    from common.data.dtu import write_neus_layout
+
+    return write_neus_layout(root, images, K, c2w, np.diag([1.5, 1.5, 1.5, 1.0]))
+
+
+def _write_llff(root: Path, images, K, c2w) -> Path:
+    """poses_bounds.npy rows: the 3x5 [down, right, backwards | t | (H, W, focal)] and the bounds 2, 6."""
+    import numpy as np
+
+    from common.video import save_image
+
+    rows = []
+    for i in range(len(images)):
+        save_image(root / "images" / f"{i:03d}.png", images[i, ..., :3] * images[i, ..., 3:] + 1 - images[i, ..., 3:])
+        R, t = c2w[i, :3, :3].double(), c2w[i, :3, 3].double()
+        hwf = torch.tensor([images.shape[1], images.shape[2], float(K[i, 0, 0])], dtype=torch.float64)
+        pose = torch.stack([-R[:, 1], R[:, 0], R[:, 2], t, hwf], dim=1)  # (3, 5)
+        rows.append(np.concatenate([pose.numpy().reshape(-1), [2.0, 6.0]]))
+    np.save(root / "poses_bounds.npy", np.stack(rows))
+    return root
+
+
+def _write_multiscale(blender: Path, root: Path) -> Path:
+    from common.data.multiscale import build_multiscale
+
+    return build_multiscale(blender, root, progress=False)
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -58,22 +125,60 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The probes: make(work folder, script, tiny scene) -> argv (its files written), then what must happen
+# The probes: make(work folder, script, scenes) -> argv (its files written), then what must happen
 # ------------------------------------------------------------------------------------------------------------
 @dataclass
 class Probe:
     name: str
-    make: Callable[[Path, str, Path], list]
+    make: Callable[[Path, str, dict], list]  # (work folder, script, the valid scenes) -> argv
     status: int
     line: str  # a regular expression the last line of stderr must match (from its start)
 
 
-def _damaged_scene(edit):
-    def make(work, script, scene):
-        copy = _copy(scene, work / "scene")
+def _damaged(layout, edit):
+    """A copy of the valid scene of `layout`, passed through edit(folder)."""
+    def make(work, script, scenes):
+        copy = _copy(scenes[layout], work / "scene")
         edit(copy)
         return FAST + ["--iters", "2", "--scene", str(copy), "--outdir", str(work / "run")]
     return make
+
+
+def _damaged_scene(edit):
+    return _damaged("blender", edit)
+
+
+def _set(path: list, value):
+    """edit(meta): meta[path[0]][path[1]]... = value"""
+    def apply(meta):
+        for key in path[:-1]:
+            meta = meta[key]
+        meta[path[-1]] = value
+    return apply
+
+
+def _edit_npz(name, key, edit):
+    def apply(root):
+        import numpy as np
+
+        with np.load(root / name) as data:
+            entries = {k: data[k] for k in data.files}
+        entries[key] = edit(entries[key])
+        np.savez(root / name, **entries)
+    return apply
+
+
+def _edit_npy(name, edit):
+    def apply(root):
+        import numpy as np
+
+        array = np.load(root / name)
+        edit(array)
+        np.save(root / name, array)
+    return apply
+
+
+SINGULAR = [[0.0, 0.0, 0.0, 1.0]] * 3 + [[0.0, 0.0, 0.0, 1.0]]  # a pose whose rotation block is all zeros
 
 
 def _edit_json(name, edit):
@@ -101,43 +206,40 @@ def _first_image(root, split="train") -> Path:
 
 
 def _options(*argv):
-    def make(work, script, scene):
+    def make(work, script, scenes):
         return [*argv, "--outdir", str(work / "run")]
     return make
 
 
-def _with_files(work, script, scene, extra):
-    return FAST + ["--iters", "2", "--scene", str(scene), "--outdir", str(work / "run"), *extra]
-
-
-def _resume_another_scripts_folder(work, script, scene):
+def _resume_another_scripts_folder(work, script, scenes):
     other = OTHER_SCRIPT[script]
     save_checkpoint(work / "run" / "ckpt_000001.pt", dict(step=1, script=other, scene="tiny", config={}))
-    return FAST + ["--resume", "--scene", str(scene), "--outdir", str(work / "run")]
+    return FAST + ["--resume", "--scene", str(scenes["blender"]), "--outdir", str(work / "run")]
 
 
-def _render_only_of_an_empty_folder(work, script, scene):
+def _render_only_of_an_empty_folder(work, script, scenes):
     (work / "run").mkdir()
     return ["--render_only", "--device", "cpu", "--outdir", str(work / "run")]
 
 
-def _outdir_is_a_file(work, script, scene):
+def _outdir_is_a_file(work, script, scenes):
     (work / "notes.txt").write_text("mine")
-    return FAST + ["--scene", str(scene), "--outdir", str(work / "notes.txt")]
+    return FAST + ["--scene", str(scenes["blender"]), "--outdir", str(work / "notes.txt")]
 
 
-def _damaged_camera_path(work, script, scene):
+def _damaged_camera_path(work, script, scenes):
     (work / "path.json").write_text('{"frames": [{"transform_matrix": [[1, 0, 0]]}]}')
-    return FAST + ["--scene", str(scene), "--camera_path", str(work / "path.json"), "--outdir", str(work / "run")]
+    return FAST + ["--scene", str(scenes["blender"]), "--camera_path", str(work / "path.json"), "--outdir",
+                   str(work / "run")]
 
 
-def _huge_learning_rate(work, script, scene):
+def _huge_learning_rate(work, script, scenes):
     lr = ["--lr", "1e10"] + ([] if script == "05_instant_neus" else ["--lr_final", "1e10"])
-    return FAST + ["--iters", "5", *lr, "--scene", str(scene), "--outdir", str(work / "run")]
+    return FAST + ["--iters", "5", *lr, "--scene", str(scenes["blender"]), "--outdir", str(work / "run")]
 
 
-def _busy_run_folder(work, script, scene):
-    return FAST + ["--iters", "2", "--scene", str(scene), "--outdir", str(work / "busy")]  # held: see busy_holder
+def _busy_run_folder(work, script, scenes):  # the folder is held by busy_holder
+    return FAST + ["--iters", "2", "--scene", str(scenes["blender"]), "--outdir", str(work / "busy")]
 
 
 PROBES = [
@@ -151,6 +253,42 @@ PROBES = [
     Probe("missing image", _damaged_scene(lambda root: _first_image(root).unlink()), 2, r"error: .*r_0\.png"),
     Probe("truncated png", _damaged_scene(lambda root: _truncate(str(_first_image(root).relative_to(root)))(root)),
           2, r"error: .*r_0\.png"),
+    Probe("singular pose", _damaged_scene(_edit_json("transforms_val.json", _set(["frames", 0, "transform_matrix"],
+                                                                                  SINGULAR))), 2,
+          r"error: .*transforms_val\.json: frame 0 \(.*\) of the val split has a singular pose"),
+    # --- damaged files of the other layouts (every script reads them through the data layer) ---
+    Probe("nan pose in a transforms.json capture's test split",  # issue #20: trained, then PSNR nan, exit 0
+          _damaged("ngp", _edit_json("transforms.json", _set(["frames", 8, "transform_matrix", 0, 1], math.nan))), 2,
+          r"error: .*transforms\.json: frame 8 \(images/0008\.png\) has a non-finite 'transform_matrix'"),
+    Probe("singular pose in a transforms.json capture",
+          _damaged("ngp", _edit_json("transforms.json", _set(["frames", 3, "transform_matrix"], SINGULAR))), 2,
+          r"error: .*transforms\.json: frame \d+ \(images/0003\.png\) of the train split has a singular pose"),
+    Probe("zero focal length in a transforms.json capture",
+          _damaged("ngp", _edit_json("transforms.json", _set(["fl_x"], 0.0))), 2,
+          r"error: .*transforms\.json: frame 0 \(.*\) of the train split has intrinsics that make no image"),
+    Probe("truncated transforms.json of a capture", _damaged("ngp", _truncate("transforms.json")), 2,
+          r"error: .*transforms\.json is not valid JSON"),
+    Probe("singular world_mat of a DTU scene",  # issue #20: LinAlgError: Singular matrix
+          _damaged("dtu", _edit_npz("cameras_sphere.npz", "world_mat_3", lambda m: m * 0)), 2,
+          r"error: .*cameras_sphere\.npz: world_mat_3 \(for image/003\.png\) is singular"),
+    Probe("nan in a world_mat of a DTU scene",  # issue #20: ValueError: cannot convert float NaN to integer
+          _damaged("dtu", _edit_npz("cameras_sphere.npz", "world_mat_5", lambda m: m * math.nan)), 2,
+          r"error: .*cameras_sphere\.npz: world_mat_5 \(for image/005\.png\) holds NaN or Infinity"),
+    Probe("truncated cameras_sphere.npz", _damaged("dtu", _truncate("cameras_sphere.npz")), 2,
+          r"error: cannot read .*cameras_sphere\.npz"),
+    Probe("nan in poses_bounds.npy",
+          _damaged("llff", _edit_npy("poses_bounds.npy", lambda a: a.__setitem__((4, 3), math.nan))), 2,
+          r"error: .*poses_bounds\.npy"),
+    Probe("singular pose in poses_bounds.npy",
+          _damaged("llff", _edit_npy("poses_bounds.npy", lambda a: a.__setitem__((4, slice(0, 15)), 0.0))), 2,
+          r"error: .*poses_bounds\.npy: row 4 .* is singular"),
+    Probe("zero depth bound in poses_bounds.npy",
+          _damaged("llff", _edit_npy("poses_bounds.npy", lambda a: a.__setitem__((2, 15), 0.0))), 2,
+          r"error: .*poses_bounds\.npy: row 2 has depth bounds \[0\.0, 6\.0\]; they must be finite with "
+          r"0 < near < far"),
+    Probe("nan pose in a multiscale test split",
+          _damaged("multiscale", _edit_json("metadata.json", _set(["test", "cam2world", 2, 0, 1], math.nan))), 2,
+          r"error: .*metadata\.json: frame 0 \(images_test/000_d2\.png\) of the test split has a non-finite camera"),
     # --- options, paths, folders ---
     Probe("negative learning rate", _options("--lr", "-1"), 2, r"error: --lr -1 is out of range: it must be > 0$"),
     Probe("zero rays per batch", _options("--batch_rays", "0"), 2, r"error: --batch_rays 0 is out of range"),
@@ -198,10 +336,10 @@ def _check(err: str, status: int, probe: Probe) -> None:
 
 @pytest.mark.parametrize("script", SCRIPTS)
 @pytest.mark.parametrize("probe", PROBES, ids=lambda p: p.name)
-def test_each_script_meets_each_probe_with_one_line_and_its_exit_status(script, probe, tiny_scene, busy_holder,
+def test_each_script_meets_each_probe_with_one_line_and_its_exit_status(script, probe, scenes, busy_holder,
                                                                        tmp_path, capsys):
     work = busy_holder if probe.make is _busy_run_folder else tmp_path
-    argv = probe.make(work, script, tiny_scene)
+    argv = probe.make(work, script, scenes)
     module = importlib.import_module(script)
     try:
         run_main(module.main, argv)
@@ -378,17 +516,18 @@ def test_a_second_ctrl_c_while_writing_a_checkpoint_is_one_line_naming_the_check
 # ------------------------------------------------------------------------------------------------------------
 # Real processes: one probe per script, as the shell sees it
 # ------------------------------------------------------------------------------------------------------------
-PROCESS_PROBES = [("01_nerf", "a busy run folder"), ("02_mipnerf", "nan pose in the test split"),
+PROCESS_PROBES = [("01_nerf", "a busy run folder"),
+                  ("02_mipnerf", "nan pose in a transforms.json capture's test split"),
                   ("03_mipnerf360", "resume against another script's folder"),
-                  ("04_hashnerf", "truncated png"), ("05_instant_neus", "huge learning rate")]
+                  ("04_hashnerf", "truncated png"), ("05_instant_neus", "singular world_mat of a DTU scene")]
 
 
 @pytest.mark.parametrize("script, probe_name", PROCESS_PROBES)
-def test_a_real_process_exits_with_the_status_and_one_line_no_traceback(script, probe_name, tiny_scene, busy_holder,
+def test_a_real_process_exits_with_the_status_and_one_line_no_traceback(script, probe_name, scenes, busy_holder,
                                                                         tmp_path):
     probe = next(p for p in PROBES if p.name == probe_name)
     work = busy_holder if probe.make is _busy_run_folder else tmp_path
-    argv = probe.make(work, script, tiny_scene)
+    argv = probe.make(work, script, scenes)
     result = subprocess.run([sys.executable, f"{script}.py", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     _check(result.stderr, result.returncode, probe)
