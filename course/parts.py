@@ -55,7 +55,8 @@ class Part:
 PARTS: tuple[Part, ...] = (
     Part("positional_encoding", 10, (
         Region("01_nerf.py", "positional_encoding",
-               "Eq. 4 of NeRF: gamma(p) = (p, sin(2^k p), cos(2^k p) for k < L), per coordinate, without the pi"),),
+               ("Eq. 4 of NeRF without the pi, laid out per frequency: [x, sin(x), cos(x), sin(2x), cos(2x), ..., "
+               "sin(2^(L-1) x), cos(2^(L-1) x)], each sin/cos block holding all D coordinates of x")),),
         ("tests/scripts/test_01_nerf.py::test_positional_encoding_equals_eq_4_written_out_per_frequency_and_coordinate",)),
     Part("ray_generation", 10, (
         Region("common/rays.py", "rays_through_pixels",
@@ -107,7 +108,9 @@ PARTS: tuple[Part, ...] = (
          "tests/scripts/test_03_mipnerf360_pieces.py::test_distortion_loss_of_a_delta_and_of_spread_weights")),
     Part("neus_opacity", 10, (
         Region("05_instant_neus.py", "neus_alpha",
-               "Eq. 13 of NeuS: alpha = max((Phi_s(f_i) - Phi_s(f_i+1)) / Phi_s(f_i), 0), ends extrapolated with cos"),),
+               ("Eq. 13 of NeuS with its code's 1e-5 guard: alpha = clamp((Phi_s(f_i) - Phi_s(f_i+1) + 1e-5) / "
+               "(Phi_s(f_i) + 1e-5), 0, 1), f_i, f_i+1 = f -+ slope * delta / 2, "
+               "slope = -(relu((1 - cos) / 2) (1 - r) + relu(-cos) r), r = cos_anneal_ratio")),),
         ("tests/scripts/test_05_instant_neus.py::test_neus_opacity_of_a_plane_telescopes_to_the_closed_form_and_peaks_at_the_surface",
          "tests/scripts/test_05_instant_neus.py::test_cell_opacity_is_the_opacity_of_a_step_straight_into_the_surface")),
 )
