@@ -47,6 +47,7 @@ MESSAGE_CHARS = 400  # a failure's message is cut to this length
 MAX_ANSWER_BYTES = 64 * 2**20  # an answer file that unpacks to more than this is refused unread
 MAX_STUDENT_FILE_BYTES = 2 * 2**20
 PUBLIC_CODE_DIRS = ("common", "kernels")  # with the top-level scripts: the code a worker may import
+PUBLIC_CODE_FILES = ("course/__init__.py", "course/unwritten.py")  # the blank stubs' exception, nothing else of course/
 POLL_S = 0.05
 STARTUP_S = 60.0  # the worker's interpreter and torch load within this, before the first part's clock starts
 
@@ -69,7 +70,8 @@ def public_code() -> Path:
             out = Path(tempfile.mkdtemp(prefix="nerf-course-public-"))
             hints = part_hints()
             for relative in repository_files(REPO_ROOT):
-                if not (len(relative.parts) == 1 and relative.suffix == ".py") and relative.parts[0] not in PUBLIC_CODE_DIRS:
+                if not (len(relative.parts) == 1 and relative.suffix == ".py") and relative.parts[0] not in PUBLIC_CODE_DIRS \
+                        and str(relative) not in PUBLIC_CODE_FILES:
                     continue
                 target = out / relative
                 target.parent.mkdir(parents=True, exist_ok=True)

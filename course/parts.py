@@ -10,7 +10,8 @@ markers around the BODY of one function (signature and docstring stay, so the st
         ### END SOLUTION
 
 The markers are plain comments: the solution runs unchanged and CI tests it. `course/release.py` replaces each
-marked body by `raise NotImplementedError("<hint>")` (the hint below), `course/grade.py` runs each part's tests.
+marked body by `raise PartNotWritten(part, file, function, hint)` (course/unwritten.py; the hint below), and
+`course/grade.py` grades each part on its cases (course/cases.py, course/hidden/).
 
 Adding a part (e.g. when 02_mipnerf.py lands with its integrated positional encoding): mark the function body in
 the script, then add one `Part(...)` line to PARTS naming the file, the function, a one-line hint with the
@@ -40,7 +41,7 @@ END_MARKER = "### END SOLUTION"
 class Region:
     file: str  # path relative to the repository root
     function: str  # the function whose body is marked (a method: "Class.method")
-    hint: str  # one line naming the equation; the student's release raises NotImplementedError(hint)
+    hint: str  # one line naming the equation; the student's release raises PartNotWritten with it
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,14 @@ PARTS: tuple[Part, ...] = (
         ("tests/scripts/test_05_instant_neus.py::test_neus_opacity_of_a_plane_telescopes_to_the_closed_form_and_peaks_at_the_surface",
          "tests/scripts/test_05_instant_neus.py::test_cell_opacity_is_the_opacity_of_a_step_straight_into_the_surface")),
 )
+
+
+# The parts each lesson's `--quick` run calls (CPU, --backend auto = torch): a release with these solved runs the
+# lesson to the end; without one of them the lesson stops, in one line, at the first it reaches. Measured on a
+# release with exactly these parts solved and all others blank (tests/course checks 01's row on every CI run).
+LESSON_PARTS: dict[str, tuple[str, ...]] = {
+    "01_nerf.py": ("ray_generation", "positional_encoding", "volume_rendering", "inverse_cdf_sampling"),
+}
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@
 
 OUT receives a copy of the repository (the files git tracks, plus untracked ones it does not ignore) in which
   * every `### BEGIN SOLUTION` ... `### END SOLUTION` region of a .py file (the body of one function, listed in
-    course/parts.py) becomes `raise NotImplementedError("<part>: <hint>")`, at the region's indentation;
+    course/parts.py) becomes `raise PartNotWritten(<part>, <file>, <function>, <hint>)` (course/unwritten.py: a
+    NotImplementedError, and a UserError, so that a lesson that reaches it stops with one line naming the part
+    and where it lives), at the region's indentation;
   * every notebook with a marked region goes through nbgrader's own ClearSolutions preprocessor (the tool's
     pipeline, not a copy of it): the region becomes nbgrader's stub, `raise NotImplementedError()`, preceded by
     a comment with the exercise's hint; the outputs of the cells it changed are cleared;
@@ -27,6 +29,7 @@ if str(REPO_ROOT) not in sys.path:  # `python course/release.py` as well as `pyt
 from common.errors import UserError  # noqa: E402
 from course.parts import BEGIN_MARKER, END_MARKER, NOTEBOOK_EXERCISES, PARTS  # noqa: E402
 
+STUB_IMPORT = "from course.unwritten import PartNotWritten  # the release's stub: replace these two lines"
 HIDDEN_DIR = Path("course/hidden")  # instructor-only cases: never released
 KIT_TESTS_DIR = Path("tests/course")  # the kit's own tests, which name the hidden cases: never released either
 SKIPPED_DIRS = {".git", ".venv", ".venv-gpu", "venv", "data", "runs", "__pycache__", ".pytest_cache",
@@ -76,7 +79,7 @@ def marked_regions(source: str, filename: str) -> list[tuple[str, int, int]]:
 
 
 def release_python(source: str, filename: str, hints: dict[str, tuple[str, str]], solved: set[str]) -> str:
-    """The source with each marked body replaced by `raise NotImplementedError(hint)`, or, for a solved part,
+    """The source with each marked body replaced by `raise PartNotWritten(...)` (after its import), or, for a solved part,
     with its markers dropped. hints: function qualname -> (part name, hint) for this file."""
     lines = source.splitlines(keepends=True)
     regions = marked_regions(source, filename)
@@ -93,7 +96,8 @@ def release_python(source: str, filename: str, hints: dict[str, tuple[str, str]]
             lines[begin:end + 1] = lines[begin + 1:end]
         else:
             indent = lines[begin][:len(lines[begin]) - len(lines[begin].lstrip())]
-            lines[begin:end + 1] = [f"{indent}raise NotImplementedError({f'{part}: {hint}'!r})\n"]
+            lines[begin:end + 1] = [f"{indent}{STUB_IMPORT}\n",
+                                    f"{indent}raise PartNotWritten({part!r}, {filename!r}, {function!r}, {hint!r})\n"]
     return "".join(lines)
 
 

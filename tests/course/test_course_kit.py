@@ -1,5 +1,6 @@
 """The course kit (course/): the release blanks exactly the marked bodies, stays importable and never holds the
 hidden cases; the grader's pieces (comparison, refusals). The gradings themselves are in test_roster.py."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from common.errors import UserError
 from course import grade, grade_all, release, sandbox
 from course.cases import Case, all_cases
-from course.parts import BEGIN_MARKER, END_MARKER, NOTEBOOK_EXERCISES, PARTS
+from course.parts import BEGIN_MARKER, END_MARKER, LESSON_PARTS, NOTEBOOK_EXERCISES, PARTS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALL_POINTS = sum(part.points for part in PARTS)
@@ -39,11 +40,13 @@ def test_release_replaces_each_marked_body_by_its_hint_and_keeps_the_rest():
               "        ### END SOLUTION\n")
     hints = {"f": ("part_f", "Eq. 1"), "A.g": ("part_g", "Eq. 2")}
     blank = release.release_python(source, "m.py", hints, solved=set())
-    assert blank == ("def f(x):\n    \"\"\"doc\"\"\"\n    raise NotImplementedError('part_f: Eq. 1')\n\n\n"
-                     "class A:\n    def g(self):\n        raise NotImplementedError('part_g: Eq. 2')\n")
+    assert blank == ("def f(x):\n    \"\"\"doc\"\"\"\n    " + release.STUB_IMPORT + "\n"
+                     "    raise PartNotWritten('part_f', 'm.py', 'f', 'Eq. 1')\n\n\n"
+                     "class A:\n    def g(self):\n        " + release.STUB_IMPORT + "\n"
+                     "        raise PartNotWritten('part_g', 'm.py', 'A.g', 'Eq. 2')\n")
     one_solved = release.release_python(source, "m.py", hints, solved={"part_f"})
     assert "    y = x + 1\n    return y\n\n" in one_solved and BEGIN_MARKER not in one_solved
-    assert "raise NotImplementedError('part_g: Eq. 2')" in one_solved
+    assert "raise PartNotWritten('part_g', 'm.py', 'A.g', 'Eq. 2')" in one_solved
     with pytest.raises(UserError, match="belongs to no part"):
         release.release_python(source, "m.py", {"f": ("part_f", "Eq. 1")}, solved=set())
     with pytest.raises(UserError, match="is not marked"):
@@ -67,13 +70,34 @@ def test_release_imports_and_its_untouched_parts_pass(blank_release):
     for part in PARTS:
         for region in part.regions:
             text = (blank_release / region.file).read_text()
-            assert f"raise NotImplementedError({f'{part.name}: {region.hint}'!r})" in text
+            assert f"raise PartNotWritten({part.name!r}, {region.file!r}, {region.function!r}, {region.hint!r})" in text
             assert BEGIN_MARKER not in text and END_MARKER not in text
     check = (f"import importlib, sys, pytest\nfor m in {MODULES!r}: importlib.import_module(m)\n"
              f"sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', *{UNTOUCHED_TESTS!r}]))")
     result = subprocess.run([sys.executable, "-c", check], cwd=blank_release, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert " passed" in result.stdout and "failed" not in result.stdout
+
+
+QUICK_RUN = ["--quick", "--iters", "2", "--no-dead_model_check", "--video_frames", "0", "--n_test_views", "1"]
+
+
+def test_a_release_runs_a_lesson_whose_parts_are_solved_and_stops_in_one_line_at_an_unsolved_one(blank_release,
+                                                                                                  tmp_path):
+    # Blank: 01's --quick stops at the first part it reaches, in one line naming the part and where it lives.
+    stopped = subprocess.run([sys.executable, "01_nerf.py", *QUICK_RUN, "--outdir", str(tmp_path / "blank_run")],
+                             cwd=blank_release, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
+    assert stopped.stderr.strip().splitlines()[-1].startswith(
+        "error: ray_generation: not written yet: it is the body of rays_through_pixels() in common/rays.py ("), \
+        stopped.stderr[-2000:]
+    # Solved exactly the parts course/parts.py says 01 needs, every other part blank: the lesson runs to the end.
+    student = tmp_path / "student"
+    release.release(student, solved=LESSON_PARTS["01_nerf.py"], skip_notebooks=True)
+    ran = subprocess.run([sys.executable, "01_nerf.py", *QUICK_RUN, "--outdir", str(tmp_path / "run")], cwd=student,
+                         capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert (tmp_path / "run" / "test").is_dir() and "not written yet" not in ran.stderr
 
 
 def test_the_release_holds_no_hidden_case_and_refuses_to_leak_one(blank_release, tmp_path):
