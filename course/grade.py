@@ -49,6 +49,7 @@ MAX_STUDENT_FILE_BYTES = 2 * 2**20
 PUBLIC_CODE_DIRS = ("common", "kernels")  # with the top-level scripts: the code a worker may import
 PUBLIC_CODE_FILES = ("course/__init__.py", "course/unwritten.py")  # the blank stubs' exception, nothing else of course/
 POLL_S = 0.05
+EXIT_GRACE_S = 5.0  # after its last answer, the worker has this long to exit before it is killed
 STARTUP_S = 60.0  # the worker's interpreter and torch load within this, before the first part's clock starts
 
 
@@ -254,7 +255,7 @@ def run_worker(request: Request, parts_of_calls: list[int], code_dir: Path, judg
                 if part_started is None and ((out_dir / "ready").exists() or time.monotonic() - spawned > STARTUP_S):
                     part_started = time.monotonic()  # interpreter and torch loaded: the part's own time begins
                 if current >= n_calls:
-                    process.process.wait(timeout=max(1.0, deadline - time.monotonic()))
+                    process.process.wait(timeout=EXIT_GRACE_S)  # all answered: a worker that lingers is killed
                     break
                 now = time.monotonic()
                 if process.poll() is not None:

@@ -117,11 +117,15 @@ PARTS: tuple[Part, ...] = (
 )
 
 
-# The parts each lesson's `--quick` run calls (CPU, --backend auto = torch): a release with these solved runs the
+# The parts each lesson's `--quick` run calls (CPU, --backend auto = torch; 01-03 measured with --iters 2): a release with these solved runs the
 # lesson to the end; without one of them the lesson stops, in one line, at the first it reaches. Measured on a
 # release with exactly these parts solved and all others blank (tests/course checks 01's row on every CI run).
 LESSON_PARTS: dict[str, tuple[str, ...]] = {
     "01_nerf.py": ("ray_generation", "positional_encoding", "volume_rendering", "inverse_cdf_sampling"),
+    "02_mipnerf.py": ("ray_generation", "integrated_pe", "inverse_cdf_sampling"),
+    "03_mipnerf360.py": ("ray_generation", "contraction", "distortion_loss"),
+    "04_hashnerf.py": ("ray_generation", "occupancy_update"),  # measured with --iters 20 (quick: grid updates every 8 steps)
+    "05_instant_neus.py": ("ray_generation", "neus_opacity", "occupancy_update"),  # --iters 20 likewise
 }
 
 

@@ -119,3 +119,17 @@ def test_a_rerun_resumes_without_grading_anyone_again(roster, capsys):
     assert {path: path.stat().st_mtime_ns for path in (grades / "students").rglob("record.json")} == before
     assert {name: r["total"] for name, r in again.items()} == {name: r["total"] for name, r in records.items()}
     assert "already graded" in capsys.readouterr().out
+
+
+def test_the_same_roster_command_dispatches_on_a_local_ray_cluster(local_ray_cluster, tmp_path):
+    """Two students through Ray workers (a real `ray start --head` cluster, tests/conftest.py): the same gradebook."""
+    submissions = tmp_path / "submissions"
+    (submissions / "full").mkdir(parents=True)
+    copy_part_files(REPO_ROOT, submissions / "full")
+    release.release(submissions / "one_part", solved=["volume_rendering"], skip_notebooks=True)
+    grade_all.main([str(submissions), "--out", str(tmp_path / "grades"), "--engine", "ray", "--ray_address",
+                    local_ray_cluster, "--jobs", "2", "--seed", "3", "--part_time_s", "30"]
+                   + ([] if sandbox.sandbox_available() else ["--unsafe_no_sandbox"]))
+    rows = read_csv(tmp_path / "grades")
+    assert float(rows["full"]["total"]) == ALL_POINTS and float(rows["one_part"]["total"]) == 20
+    assert float(rows["one_part"]["volume_rendering"]) == 20
