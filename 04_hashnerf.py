@@ -449,7 +449,8 @@ def train(cfg: Config) -> dict:
 
     metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, test_background,
                                camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
-                               preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check)
+                               preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check,
+                               lpips_weights=cfg.lpips_weights)
     if cfg.export_mesh:
         export_mesh(field_, aabb, cfg, backend, device)
     return metrics
