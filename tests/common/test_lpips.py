@@ -193,3 +193,32 @@ def test_evaluate_split_records_lpips_time_and_memory(tmp_path):
     without = evaluate_split(render_fn, split, None, progress=False)
     assert without["mean_lpips"] is None and all(v["lpips"] is None for v in without["views"])
     assert metrics["mean_lpips"] == saved["mean_lpips"]
+
+
+def test_evaluate_levels_records_lpips_where_the_images_are_large_enough(tmp_path):
+    """02's multiscale evaluation: LPIPS per view and per level, None for a level under 31 px, the mean over the
+    levels that have one; eval_s and peak memory as in evaluate_split."""
+    import json
+
+    from common.data.multiscale import Level, evaluate_levels
+    from common.data.scene import Cameras, Split
+
+    rng = np.random.default_rng(0)
+
+    def level(label, size):
+        K = torch.tensor([[size * 1.2, 0, size / 2], [0, size * 1.2, size / 2], [0, 0, 1]])
+        images = torch.from_numpy(rng.random((1, size, size, 3), dtype=np.float32))
+        return Level(label, 1.0, Split("test", images, Cameras(c2w=torch.eye(4)[None], K=K[None], height=size, width=size), ["a"]))
+
+    def render_view_fn(K, c2w, H, W):
+        return {"rgb": torch.full((H, W, 3), 0.5), "depth": torch.ones(H, W), "opacity": torch.ones(H, W)}
+
+    score = lp.LPIPSScorer(lp.LPIPS(random_arrays()), Path("test"))
+    levels = [level(0, 40), level(1, 20)]
+    evaluate_levels(render_view_fn, levels, tmp_path, lpips_fn=score, progress=False)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    expected = score(torch.full((40, 40, 3), 0.5), levels[0].split.images[0])
+    assert saved["views"][0]["lpips"] == pytest.approx(expected) and saved["views"][1]["lpips"] is None
+    assert saved["per_scale"][0]["lpips"] == pytest.approx(expected) and saved["per_scale"][1]["lpips"] is None
+    assert saved["mean_lpips"] == pytest.approx(expected)
+    assert saved["eval_s"] > 0 and saved["peak_rss_mib"] > 50 and "peak_gpu_mib" in saved
