@@ -150,6 +150,9 @@ def run_cell(task: dict) -> dict:
     """Run one cell's script to its end (module level: Ray and submitit import it by name). The script runs in its
     own session, so that a Ctrl-C meant for this command reaches it once, through `forward_signal`, and not twice
     (a second signal would stop it without its checkpoint). Writes <folder>/cell.json; returns its content."""
+    if forward_signal.received is not None:  # this command is stopping (engine local): start no new cell
+        return dict(method=task["method"], scene=task["scene"], seed=task["seed"], returncode=None, wall_s=0.0,
+                    not_started=True)
     folder = Path(task["folder"])
     folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, *task["command"]]
@@ -180,7 +183,11 @@ def run_cell(task: dict) -> dict:
 
 
 def forward_signal(signum, frame) -> None:
-    """Ctrl-C / SIGTERM of this command: pass it on to every running cell (each checkpoints and stops)."""
+    """Ctrl-C / SIGTERM of this command: pass it on to every running cell (each checkpoints and stops); no new
+    cell starts. On Ray and SLURM the cells run elsewhere: this command stops dispatching (KeyboardInterrupt), and
+    the cells already running go on (submitit's jobs: until `scancel`); the next run of the command resumes."""
+    if forward_signal.engine != "local":
+        raise KeyboardInterrupt
     with _RUNNING_LOCK:
         processes = list(_RUNNING)
     for process in processes:
@@ -192,6 +199,7 @@ def forward_signal(signum, frame) -> None:
 
 
 forward_signal.received = None
+forward_signal.engine = "local"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,6 +441,8 @@ def main(argv=None) -> int:
             name = f"{outcome.task['method']} on {outcome.task['scene']} seed {outcome.task['seed']}"
             if outcome.error:
                 print(f"  {name}: error {outcome.error}")
+            elif outcome.result.get("not_started"):
+                print(f"  {name}: not started (interrupted)")
             else:
                 status = outcome.result["returncode"]
                 print(f"  {name}: exit status {status} after {outcome.result['wall_s']:.0f} s"
@@ -443,6 +453,7 @@ def main(argv=None) -> int:
             slurm_options["slurm_partition"] = cfg.slurm_partition
         if cfg.slurm_gpus:
             slurm_options["gpus_per_node"] = cfg.slurm_gpus
+        forward_signal.received, forward_signal.engine = None, cfg.engine
         previous = {s: signal.signal(s, forward_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             run_tasks(run_cell, todo, engine=cfg.engine, jobs=cfg.jobs, on_done=report, ray_address=cfg.ray_address,

@@ -108,9 +108,9 @@ def test_real_local_run_of_two_methods(tmp_path):
 
 
 def test_kill_then_resume(tmp_path):
-    """SIGTERM to the command: the running cell checkpoints and stops; the same command continues it from the
-    checkpoint to the end; a third run keeps the finished cell."""
-    argv = ["--methods", "04", "--outdir", str(tmp_path), *TINY, "--iters", "120",
+    """SIGTERM to the command: the running cell checkpoints and stops, the next cell does not start; the same
+    command continues the first from its checkpoint to the end and runs the second; a third run keeps both."""
+    argv = ["--methods", "04", "--seeds", "0", "1", "--outdir", str(tmp_path), *TINY, "--iters", "60",
             "--extra", "--ckpt_every 10 --batch_rays 256 --log_every 5"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     process = subprocess.Popen([sys.executable, "-m", "benchmarks.compare", *argv], cwd=REPO, env=env,
@@ -126,14 +126,16 @@ def test_kill_then_resume(tmp_path):
     assert "run the same command again" in output
     assert json.loads((cell / "cell.json").read_text())["returncode"] in (143, 130)
     saved_step = max(int(p.stem.split("_")[1]) for p in cell.glob("ckpt_*.pt"))
-    assert 10 <= saved_step < 120
+    assert 10 <= saved_step < 60
+    assert not compare.cell_dir(tmp_path, "builtin", "04_hashnerf", 1).exists()  # the second cell never started
 
     assert compare.main(argv) == 0
+    assert json.loads((compare.cell_dir(tmp_path, "builtin", "04_hashnerf", 1) / "cell.json").read_text())["returncode"] == 0
     assert "resuming from" in (cell / "compare.log").read_text()
     metrics = json.loads((cell / "test" / "metrics.json").read_text())
-    assert metrics["iters"] == 120
+    assert metrics["iters"] == 60
     steps = [int(float(r["step"])) for r in compare.read_log(cell)]
-    assert steps[0] < saved_step < steps[-1] == 120  # one log, continued
+    assert steps[0] < saved_step < steps[-1] == 60  # one log, continued
     before = (cell / "cell.json").read_text()
     assert compare.main(argv) == 0
     assert (cell / "cell.json").read_text() == before
