@@ -89,6 +89,19 @@ def test_cells_are_planned_with_the_same_views_and_resume():
         compare.method_name("06")
 
 
+def test_options_have_ranges_and_quick_covers_the_family():
+    from common.cli import parse_config, unranged_numeric_fields
+
+    assert unranged_numeric_fields(compare.CompareConfig) == []
+    for bad in (["--jobs", "0"], ["--time_budget_s", "-1"], ["--n_test_views", "-1"], ["--seeds", "0", "-2"], ["--time_budget_s", "nan"]):
+        with pytest.raises(compare.UserError, match=bad[0]):
+            parse_config(compare.CompareConfig, bad, presets=compare.PRESETS)
+    quick = parse_config(compare.CompareConfig, ["--quick"], presets=compare.PRESETS)
+    tasks = compare.plan_cells(quick)
+    assert [t["method"] for t in tasks] == list(compare.METHODS) and all("--quick" in t["command"] for t in tasks)
+    assert all(t["command"][t["command"].index("--time_budget_s") + 1] == "20.0" for t in tasks)
+
+
 def test_real_local_run_of_two_methods(tmp_path):
     """01 and 04 on the built-in scene, two at a time: both beat a constant image on the same two views, the
     table has their LPIPS, times and memory, and the plot has their val_psnr curves."""
