@@ -13,12 +13,13 @@
 # LEGO is a Blender lego folder with at least transforms_train.json, transforms_test.json, train/ and test/
 # (about 38 MB at 400x400). Everything is written under $OUT: versions.txt, pytest-gpu.txt, kernels.json (+ the
 # printed table), train-04_hashnerf-lego.{json,csv,png} (held-out PSNR at 30 s, 1, 2 and 5 minutes of the paper
-# preset, then all 200 test views), oom-04.txt and oom-04-resume.txt (the part "oom", 5 minutes at most: 04 on
-# lego started with a batch no GPU holds, 2^22 rays and 2^28 samples per step, and a render chunk of 2^22 rays (a whole
-# 400x400 view, 160000 rays, in one piece, which may fit); each CUDA out-of-memory error halves them and says so in a "warning: GPU out of memory" line, 60 s of training
-# and 10 test views follow, then a --resume of 100 more steps must go on with the halved batch without a new
-# error in training; oom-04-warnings.txt collects the warning lines of both), and summary.txt with each step's
-# exit status. Copy the results worth keeping
+# preset, then all 200 test views), oom-04.txt and oom-04-resume.txt (the part "oom", 6 minutes at most: 04
+# on lego started with a batch no GPU holds, 2^22 rays and 2^28 samples per step, and a render chunk of 2^22
+# rays, a whole 400x400 view of 160000 rays in one piece, which may fit; each CUDA out-of-memory error halves
+# them and says so in a "warning: GPU out of memory" line; 60 s of training and 10 test views follow, then a
+# --resume of 100 more steps must go on with the halved batch without a new error in training;
+# oom-04-warnings.txt collects the warning lines of both), and summary.txt with each step's exit status. Copy
+# the results worth keeping
 # to benchmarks/results/ with the device in their names (benchmarks/machine.py names it in each JSON).
 set -uo pipefail
 OUT=${OUT:-runs/gpu_check}
