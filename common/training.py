@@ -21,7 +21,7 @@ import torch
 from common.checkpoints import (checkpoint_path, latest_checkpoint, load_latest_valid_checkpoint, resume_config,
                                 save_checkpoint)
 from common.cli import default_outdir
-from common.errors import Terminated, UserError, warn
+from common.errors import Terminated, UserError, warn, writing
 from common.memory import error_reason, free_memory, out_of_memory_errors, smallest
 from common.paths import load_camera_path
 from common.run_folder import RunFolder, prepare_run_folder
@@ -62,17 +62,19 @@ def write_json(path, obj) -> Path:
 
     The file is always valid JSON: non-finite floats (a NaN loss, an infinite PSNR) are written as null. It is
     written to a temporary file and renamed, so a crash mid-write leaves the previous file, never half of one.
+    A full disk or a read-only place is one line naming the file (common.errors.writing).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_json_ready(obj), indent=2, allow_nan=False) + "\n"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -184,16 +186,17 @@ class TrainLog:
         if self._columns_for(row):
             self._rewrite()  # a new column: the header changes, write the whole file again
             return
-        with open(self.csv_path, "a", newline="") as file:
+        with writing(self.csv_path), open(self.csv_path, "a", newline="") as file:  # a full disk: one line
             csv.DictWriter(file, fieldnames=self.columns, restval="").writerow(_formatted(row))
 
     def _rewrite(self) -> None:
         tmp = self.csv_path.with_name(".log.csv.tmp")
-        with open(tmp, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=self.columns, restval="")
-            writer.writeheader()
-            writer.writerows(_formatted(row) for row in self.rows)
-        os.replace(tmp, self.csv_path)  # a crash while rewriting keeps the previous file
+        with writing(self.csv_path):
+            with open(tmp, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=self.columns, restval="")
+                writer.writeheader()
+                writer.writerows(_formatted(row) for row in self.rows)
+            os.replace(tmp, self.csv_path)  # a crash while rewriting keeps the previous file
 
 
 class TrainingRun:
@@ -550,8 +553,9 @@ def plot_psnr_curve(csv_path, png_path, title: str | None = None) -> Path:
     axes.grid(alpha=0.3)
     figure.tight_layout()
     png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png_path)
+    with writing(png_path):  # a full disk or a read-only place: one line naming the file
+        png_path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(png_path)
     return png_path
 
 
