@@ -45,6 +45,7 @@ from common.data.scene import composite_on_background
 from common.errors import UserError
 from common.evaluation import check_model_learned
 from common.lpips import load_lpips
+from common.memory import views_surviving_out_of_memory
 from common.mesh import marching_cubes, sample_grid, write_ply
 from common.metrics import mse_to_psnr
 from common.numerics import DIVISION_EPS, safe_normalize
@@ -457,7 +458,7 @@ def train(cfg: Config) -> dict:
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
     with TrainingRun(cfg, "02_mipnerf", scene, device, backend, save_state, load_state, validate) as run:
-        for step in run.steps():
+        def training_step(step: int) -> None:  # one step of the loop below
             # Rays from all pixels of all images (and scales) at once: the authors' batching for LLFF and multiscale
             # data; for single-scale Blender they draw each batch from one image, we do not.
             batch = sample_pixels(train_levels, cfg.batch_rays, generator)
@@ -483,6 +484,9 @@ def train(cfg: Config) -> dict:
             scaler.step(optimizer)
             scaler.update()
             run.log(step, loss=loss.item(), psnr=mse_to_psnr(loss_fine.item()), lr=lr)
+
+        for step in run.steps():  # a GPU out-of-memory error halves the rays per step and runs the step again
+            run.train_step(training_step, step, optimizer)
 
     outdir = Path(cfg.outdir)
     metrics = evaluate(render_view_fn, scene, outdir, cfg, iters=run.step, backend=backend, device=str(device),
@@ -515,8 +519,8 @@ def make_view_renderer(mlp: MipMLP, scene, cfg: Config, backend: str, ray_shape:
         u, v = cols.reshape(-1) + 0.5, rows.reshape(-1) + 0.5  # (H*W,) pixel centres, row-major
         origins, directions, viewdirs, radii = cast_pixel_rays(K, c2w, u, v, ndc_near)
         outputs = {"rgb": [], "depth": [], "opacity": []}
-        for start in range(0, H * W, cfg.chunk):
-            part = slice(start, start + cfg.chunk)
+        for start in range(0, H * W, render_view_fn.chunk):  # halved on GPU out of memory (common/memory.py)
+            part = slice(start, start + render_view_fn.chunk)
             rays = dict(origins=origins[part].to(device), directions=directions[part].to(device),
                         viewdirs=viewdirs[part].to(device), radii=radii[part].to(device))
             out = render_rays(mlp, rays, scene.near, scene.far, cfg, backend, ray_shape, background, randomized=False)
@@ -524,7 +528,8 @@ def make_view_renderer(mlp: MipMLP, scene, cfg: Config, backend: str, ray_shape:
                 outputs[key].append(out[key].cpu())
         return {key: torch.cat(value).reshape(H, W, *value[0].shape[1:]) for key, value in outputs.items()}
 
-    return render_view_fn
+    render_view_fn.chunk = cfg.chunk
+    return views_surviving_out_of_memory(render_view_fn)
 
 
 def evaluate(render_view_fn, scene, outdir: Path, cfg: Config, **facts) -> dict:

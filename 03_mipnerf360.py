@@ -523,7 +523,7 @@ def train(cfg: Config) -> dict:
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
     with TrainingRun(cfg, "03_mipnerf360", scene, device, backend, save_state, load_state, validate) as run:
-        for step in run.steps():
+        def training_step(step: int) -> None:  # one step of the loop below
             rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator)
             rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
             target_rgb = composite_on_background(target, background)
@@ -550,6 +550,9 @@ def train(cfg: Config) -> dict:
             scaler.update()
             run.log(step, loss=losses["loss"].item(), psnr=mse_to_psnr(F.mse_loss(out["rgb"].detach(), target_rgb).item()),
                     lr=lr)
+
+        for step in run.steps():  # a GPU out-of-memory error halves the rays per step and runs the step again
+            run.train_step(training_step, step, optimizer)
 
     metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, 0, background,
                                camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),

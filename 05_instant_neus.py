@@ -479,7 +479,7 @@ def train(cfg: Config) -> dict:
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
     with TrainingRun(cfg, "05_instant_neus", scene, device, backend, save_state, load_state, validate) as run:
-        for step in run.steps():
+        def training_step(step: int) -> None:  # one step of the loop below
             field_.active_levels = active_levels(cfg, step)  # progressive levels
             if step % cfg.grid_update_every == 0:
                 update_grid(grid, field_, hull, cfg, step, generator, backend)
@@ -514,6 +514,9 @@ def train(cfg: Config) -> dict:
                     extra=lambda: dict(samples_per_ray=round(out["n_samples"] / cfg.batch_rays, 2),
                                        occupancy=round(grid.occupancy_fraction(), 4),
                                        inv_s=round(field_.inv_s().item(), 2), levels=field_.active_levels))
+
+        for step in run.steps():  # a GPU out-of-memory error halves the rays per step and runs the step again
+            run.train_step(training_step, step, optimizer)
 
     if cfg.export_mesh:  # --export_mesh --outdir <run>: only the mesh of its latest checkpoint
         # First one test view against a constant image: a dead model's SDF would mesh into a huge shapeless file.
