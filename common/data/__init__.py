@@ -7,6 +7,7 @@
     llff               forward-facing LLFF captures (poses_bounds.npy + images_<f>/), NDC rays, spiral path
     llff360            360-degree captures in the same files, normalised as mip-NeRF 360 does (PCA)
     ngp_transforms     Instant-NGP / nerfstudio captures: one transforms.json with intrinsics and distortion
+    colmap             COLMAP projects: a sparse model (cameras, images, points3D; binary or text) + images/
     dtu                NeuS / DTU scans (cameras_sphere.npz + image/ + mask/)
     builtin_scene      the procedural object scene every script trains on by default, with its exact SDF
     builtin_unbounded  the same objects inside a distant sky (03's default)

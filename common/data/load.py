@@ -7,6 +7,7 @@ import torch
 
 from common.data import builtin_scene, builtin_unbounded
 from common.data.blender import BLENDER_SCENES, find_blender_scene, load_blender
+from common.data.colmap import find_model, load_colmap
 from common.data.dtu import load_dtu
 from common.data.llff import load_llff
 from common.data.multiscale import load_multiscale
@@ -36,7 +37,8 @@ def load_scene(
     downscale, splits, max_images, gt_protocol: see `load_blender`.
     Also: a folder holding metadata.json is read as a multiscale Blender scene (`common.data.multiscale`), and a
     folder holding poses_bounds.npy or images*/ (and no transforms_train.json) as an LLFF capture
-    (`common.data.llff`, reading images_<llff_factor>/).
+    (`common.data.llff`, reading images_<llff_factor>/). A folder holding a COLMAP model (cameras.bin or .txt in
+    sparse/0/, sparse/ or itself) and no poses_bounds.npy is read by `common.data.colmap.load_colmap`.
     """
     if scene == "builtin":
         root = Path(datadir) if datadir is not None else builtin_scene.DEFAULT_ROOT
@@ -72,6 +74,9 @@ def load_scene(
         return load_ngp_transforms(root, downscale, splits, max_images)
     if (root / "metadata.json").is_file():  # a multiscale Blender scene (common/data/multiscale.py)
         return load_multiscale(root, splits)
+    if (root.is_dir() and not (root / "poses_bounds.npy").exists() and not (root / "transforms_train.json").exists()
+            and find_model(root) is not None):  # a COLMAP project (common/data/colmap.py)
+        return load_colmap(root, downscale, splits, max_images)
     if root.is_dir() and not (root / "transforms_train.json").exists() and (
             (root / "poses_bounds.npy").exists() or any(root.glob("images*"))):  # LLFF (common/data/llff.py)
         return load_llff(root, factor=llff_factor, splits=splits)
