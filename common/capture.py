@@ -163,19 +163,18 @@ def photo_files(folder: Path) -> list[Path]:
 def photo_frames(files: list[Path], max_size: int) -> list[tuple[str, np.ndarray]]:
     """Every photo, read and reduced for --max_size; one size for all, else a one-line UserError naming two."""
     frames, first = [], None
-    bar = _progress(len(files), "images")
-    for path in files:
-        image = read_image(path)[..., :3]  # UserError naming the file when it cannot be decoded
-        size = (image.shape[1], image.shape[0])
-        if first is None:
-            first = (path, size)
-        elif size != first[1]:
-            raise UserError(f"images of mixed sizes: {path} is {size[0]}x{size[1]} but {first[0]} is "
-                            f"{first[1][0]}x{first[1][1]} (portrait and landscape mixed?): one camera, one size; "
-                            f"resize or rotate them to one size, or leave the odd ones out")
-        frames.append((path.stem, downscale_area(image, reduction_factor(*size, max_size))))
-        bar.update()
-    bar.close()
+    with _progress(len(files), "images") as bar:
+        for path in files:
+            image = read_image(path)[..., :3]  # UserError naming the file when it cannot be decoded
+            size = (image.shape[1], image.shape[0])
+            if first is None:
+                first = (path, size)
+            elif size != first[1]:
+                raise UserError(f"images of mixed sizes: {path} is {size[0]}x{size[1]} but {first[0]} is "
+                                f"{first[1][0]}x{first[1][1]} (portrait and landscape mixed?): one camera, one size; "
+                                f"resize or rotate them to one size, or leave the odd ones out")
+            frames.append((path.name, downscale_area(image, reduction_factor(*size, max_size))))
+            bar.update()
     return frames
 
 
@@ -230,8 +229,8 @@ def run_sfm(image_dir: Path, work: Path, names: list[str], cfg: Config, sequenti
     sparse = work / "sparse"
     sparse.mkdir(parents=True, exist_ok=True)
     models = pycolmap.incremental_mapping(database, image_dir, sparse, options=options,
-                                          initial_image_pair_callback=lambda: bar.update(2),
-                                          next_image_callback=lambda: bar.update())
+                                          initial_image_pair_callback=lambda: bar.update(min(2, bar.total - bar.n)),
+                                          next_image_callback=lambda: bar.update() if bar.n < bar.total else None)
     bar.close()
     if not models:
         return None
@@ -386,11 +385,11 @@ def capture(cfg: Config) -> Path:
         import imageio.v3 as iio
 
         names, originals = [], {}
-        for index, (stem, image) in enumerate(frames):
-            name = f"{index:04d}_{stem}.png"
+        for index, (label, image) in enumerate(frames):  # label: the photo's file name, or the video frame's
+            name = f"{index:04d}_{Path(label).stem}.png"
             iio.imwrite(tmp / "images" / name, (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
             names.append(name)
-            originals[name] = stem if is_video else next(p.name for p in source.iterdir() if p.stem == stem)
+            originals[name] = label
         del frames
         sequential = cfg.matcher == "sequential" or (cfg.matcher == "auto" and (is_video or len(names) > cfg.exhaustive_max))
         model = run_sfm(tmp / "images", tmp / "colmap", names, cfg, sequential)
