@@ -3,6 +3,8 @@
     Cameras, Split, Scene          the loaded scene: cameras (c2w, K, size, distortion) and images per split
     composite_on_background,       the background a split's RGBA images are composited on, and the colours a
     background_color               script draws for it
+    normalise_poses,               structure-from-motion poses moved into a renderer's frame (focus at the origin,
+    camera_layout                  up +z, a stated radius), and whether cameras surround the scene or face forward
     check_scene,                   checks every Scene gets when it is built, whatever format built it (a camera
                                    no renderer can use refused naming the file and the frame), and the
     warn_rgb_background            warning every loader gives for RGB images (their background stated)
@@ -98,6 +100,8 @@ class Scene:
     # split -> the file its cameras were read from (transforms_test.json, cameras_sphere.npz, ...), for the
     # messages of check_scene; a format that does not give one is named by its folder.
     camera_files: dict = field(default_factory=dict, repr=False)
+    # "object", "forward-facing" or "unbounded", set by the dispatcher (common/data/load.py, LAYOUTS)
+    layout: str = field(default="", repr=False)
 
     def __post_init__(self):
         check_scene(self)  # every format's Scene, every split: by construction
@@ -318,6 +322,21 @@ def rotation_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.eye(3, dtype=torch.float64) + vx + vx @ vx / (1 + c)
 
 
+def axes_spread(c2w: torch.Tensor) -> float:
+    """How far the cameras' optical axes are from parallel: the smallest eigenvalue of (1/N) sum_i (I - d_i d_i^T)
+    over the unit viewing directions d_i (0 when all are parallel; see PARALLEL_AXES). c2w: (N, 4, 4) OpenGL."""
+    forward = -c2w[:, :3, 2].double()
+    forward = forward / forward.norm(dim=-1, keepdim=True)
+    projectors = torch.eye(3, dtype=torch.float64) - forward[:, :, None] * forward[:, None, :]
+    return float(torch.linalg.eigvalsh(projectors.mean(0))[0])
+
+
+def camera_layout(c2w: torch.Tensor) -> str:
+    """"forward-facing" when the cameras all look about the same way (axes_spread below PARALLEL_AXES: LLFF's
+    captures), else "surrounding" (cameras around the scene, e.g. a walk around an object)."""
+    return "forward-facing" if axes_spread(c2w) < PARALLEL_AXES else "surrounding"
+
+
 def normalise_poses(c2w: torch.Tensor, radius: float, points: torch.Tensor | None = None):
     """Put a reconstruction (any scale, origin and orientation: what structure from motion returns) in a frame a
     renderer can use: the cameras' focus at the origin, their mean up vector along +z, and the cameras at a mean
@@ -340,7 +359,7 @@ def normalise_poses(c2w: torch.Tensor, radius: float, points: torch.Tensor | Non
     projectors = torch.eye(3, dtype=torch.float64) - forward[:, :, None] * forward[:, None, :]  # (N, 3, 3)
     system = projectors.mean(0)
     focus = None
-    if float(torch.linalg.eigvalsh(system)[0]) > PARALLEL_AXES:
+    if camera_layout(c2w) == "surrounding":
         focus = torch.linalg.solve(system, (projectors @ centres[:, :, None]).mean(0))[:, 0]
         if float((((focus - centres) * forward).sum(-1) > 0).double().mean()) < 0.5:
             focus = None  # behind most cameras (they look outwards): not a focus

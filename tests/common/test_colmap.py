@@ -216,3 +216,65 @@ def test_downscale_scales_the_intrinsics(tmp_path):
     cams = scene.splits["train"].cameras
     assert (cams.height, cams.width) == (H // 2, W // 2)
     np.testing.assert_allclose(cams.K[0].numpy(), [[26.0, 0, 10.125], [0, 25.25, 7.375], [0, 0, 1]])
+
+
+# --- layouts: which reader a folder holding several gets, and the warning for an unsuited script -------------
+
+def test_a_folder_with_several_layouts_is_read_as_the_script_needs(tmp_path, make_blender_scene, capsys):
+    from common.data.load import LAYOUTS
+
+    _write_project(tmp_path, n_images=9, n_points=20)
+    make_blender_scene(tmp_path)  # transforms_{train,val,test}.json beside images/ and sparse/0
+    scene = load_scene(str(tmp_path), layouts=("object",))
+    assert scene.layout == "object" and scene.camera_files["train"].name == "transforms_train.json"
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and "read as blender" in warning and "colmap (sparse/0)" in warning
+    scene = load_scene(str(tmp_path), layouts=("unbounded", "object"))
+    assert scene.layout == "unbounded" and scene.camera_files["train"].name == "images.bin"
+    assert "read as colmap" in capsys.readouterr().err
+    # the user's choice: the format's own file, or the model folder
+    assert load_scene(str(tmp_path / "sparse" / "0"), layouts=("object",)).camera_files["train"].name == "images.bin"
+    assert load_scene(str(tmp_path / "transforms_train.json")).layout == "object"
+    assert set(LAYOUTS) == {"object", "forward-facing", "unbounded"}
+
+
+def test_an_unsuited_script_says_so_in_one_line(tmp_path, capsys):
+    _write_project(tmp_path, n_images=9, n_points=20)
+    load_scene(str(tmp_path), layouts=("unbounded",))
+    assert capsys.readouterr().err == ""
+    load_scene(str(tmp_path), layouts=("object",))
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and "unbounded capture" in warning and "03_mipnerf360.py or 04_hashnerf.py" in warning
+
+
+def test_camera_layout_tells_forward_facing_from_surrounding():
+    from common.data.scene import camera_layout
+
+    eyes = torch.tensor([[x, y, 0.0] for x in (-0.3, 0.0, 0.3) for y in (-0.2, 0.2)])
+    facing = look_at(eyes, eyes * 0.2 + torch.tensor([0.0, 0.0, -4.0]), torch.tensor([0.0, 1.0, 0.0]).expand(6, 3))
+    assert camera_layout(facing) == "forward-facing"
+    angles = torch.linspace(0, 3.0, 8)  # half an orbit is enough to surround
+    eyes = torch.stack([3 * torch.cos(angles), 3 * torch.sin(angles), torch.ones(8)], -1)
+    around = look_at(eyes, torch.zeros(8, 3), torch.tensor([0.0, 0.0, 1.0]).expand(8, 3))
+    assert camera_layout(around) == "surrounding"
+
+
+def test_every_script_declares_layouts_that_agree_with_the_dispatcher():
+    """SCENE_LAYOUTS of the five scripts (read without importing them) are layouts the dispatcher knows, and the
+    scripts its warning suggests for a layout are exactly those that declare it."""
+    import ast
+
+    from common.data.load import LAYOUTS, SUITED_SCRIPTS
+    from tests.conftest import REPO_ROOT
+
+    declared = {}
+    for script in sorted(REPO_ROOT.glob("0[1-5]_*.py")):
+        tree = ast.parse(script.read_text())
+        values = [ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                  and any(getattr(t, "id", None) == "SCENE_LAYOUTS" for t in node.targets)]
+        assert len(values) == 1 and set(values[0]) <= set(LAYOUTS), script.name
+        declared[script.name] = values[0]
+    assert len(declared) == 5
+    for layout in LAYOUTS:
+        suggested = {name for name in declared if name in SUITED_SCRIPTS[layout]}
+        assert suggested == {name for name, layouts in declared.items() if layout in layouts}, layout
