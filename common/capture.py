@@ -409,7 +409,8 @@ def capture(cfg: Config) -> Path:
         if cfg.picture:
             draw_reconstruction(tmp / "reconstruction.png", summary["c2w"], summary["K"], summary["width"],
                                 summary["height"], summary["points"], summary["colours"],
-                                f"{source.name}: {registered} of {len(names)} images posed, "
+                                f"{source.parent.name + '/' if source.name == 'images' else ''}{source.name}: "
+                                f"{registered} of {len(names)} images posed, "
                                 f"{len(summary['points'])} sparse points (normalised: cameras at mean radius "
                                 f"{cfg.radius:g} around the origin)")
         if out.exists():  # --overwrite (or an empty folder): replaced only now that the new scene is complete

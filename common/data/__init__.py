@@ -11,6 +11,7 @@
     dtu                NeuS / DTU scans (cameras_sphere.npz + image/ + mask/)
     builtin_scene      the procedural object scene every script trains on by default, with its exact SDF
     builtin_unbounded  the same objects inside a distant sky (03's default)
+    textured_scene     a small textured scene (value noise) that structure from motion can pose, for common.capture
     load               the dispatcher: `load_scene` picks the format of a name or folder and calls its reader
 
 Arrows point one way: load -> formats -> scene. A format that is made from another (multiscale and the built-in

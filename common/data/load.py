@@ -203,7 +203,11 @@ def _checked(scene: Scene, layouts) -> Scene:
     preferred = _preferred_layouts(layouts)
     if preferred is not None and scene.layout not in preferred:
         _, name = _main_script()
+        suited = f"{SUITED_SCRIPTS[scene.layout]} suit it"
+        if scene.layout == "forward-facing" and not isinstance(scene, ForwardFacingScene):
+            suited = ("02_mipnerf.py renders forward-facing captures in NDC only in the LLFF layout "
+                      "(poses_bounds.npy); this one is read in world space, as 03_mipnerf360.py and 04_hashnerf.py "
+                      "read a capture")
         warn(f"{scene.root} is {LAYOUTS[scene.layout]}, but {name or 'this script'} is made for "
-             f"{' and '.join(preferred)} scenes, not {scene.layout} ones; {SUITED_SCRIPTS[scene.layout]} "
-             f"suit it (README, 'Your own capture')")
+             f"{' and '.join(preferred)} scenes, not {scene.layout} ones; {suited} (README, 'Your own capture')")
     return scene
