@@ -289,10 +289,7 @@ def draw_reconstruction(path: Path, c2w: torch.Tensor, K: torch.Tensor, width: i
                         points: np.ndarray, colours: np.ndarray, title: str, max_points: int = 5000) -> None:
     """A picture of the cameras (frustums: each apex at a camera centre, its base the image rectangle at a
     depth of 0.15 radius) and the sparse points in their own colours, seen from above and from the side."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend (a notebook's) stays as it is
 
     c2w = c2w.double().numpy()
     radius = float(np.linalg.norm(c2w[:, :3, 3], axis=-1).mean()) or 1.0
@@ -305,7 +302,7 @@ def draw_reconstruction(path: Path, c2w: torch.Tensor, K: torch.Tensor, width: i
     keep = rng.choice(len(points), min(len(points), max_points), replace=False) if len(points) else []
     inside = np.abs(points[keep]).max(-1) < 3 * radius if len(points) else []
     shown, shown_colours = points[keep][inside], colours[keep][inside] / 255.0
-    figure = plt.figure(figsize=(11, 5.2))
+    figure = Figure(figsize=(11, 5.2))
     for index, (elevation, azimuth, label) in enumerate(((90, -90, "from above (+z up)"), (15, -60, "from the side"))):
         axes = figure.add_subplot(1, 2, index + 1, projection="3d")
         if len(shown):
@@ -325,7 +322,6 @@ def draw_reconstruction(path: Path, c2w: torch.Tensor, K: torch.Tensor, width: i
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 # --- comparing poses -------------------------------------------------------------------------------------------
