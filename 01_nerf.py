@@ -47,6 +47,8 @@ from kernels.sampling import sample_pdf
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("object",)  # the captures this lesson suits (NeRF's Blender scenes; no NDC here, so no LLFF); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
     """NeRF (Mildenhall et al. 2020) on one scene. Defaults are the paper's; presets (PRESETS) size it for a CPU."""

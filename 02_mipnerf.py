@@ -63,6 +63,8 @@ from kernels.sampling import sample_pdf
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("object", "forward-facing")  # the captures this lesson suits (Blender scenes and LLFF in NDC, as the paper); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
     """mip-NeRF (Barron et al. 2021) on one scene. Defaults are the paper's (google/mipnerf); presets size it for a CPU."""

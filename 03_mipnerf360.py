@@ -60,6 +60,8 @@ PAPER_BATCH_RAYS = 16384
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("unbounded", "object")  # the captures this lesson suits (the scene contraction is made for backgrounds at every distance); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
     """mip-NeRF 360 (Barron et al. 2022) on one scene. Defaults are the paper's (multinerf's 360.gin); presets

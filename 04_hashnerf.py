@@ -50,6 +50,8 @@ from kernels.ray_marching import OccupancyGrid, march_rays, occupancy_update, pa
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("object", "unbounded")  # the captures this lesson suits (Instant-NGP's box, aabb_scale times the object's, holds a background); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
     """Hash-grid NeRF (Instant-NGP, Müller et al. 2022). Defaults are the paper's; presets (PRESETS) size it for a CPU."""

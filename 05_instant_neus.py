@@ -81,6 +81,8 @@ MAX_ALPHA = 1.0 - 1e-6
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("object",)  # the captures this lesson suits (one surface inside the unit sphere, the background masked); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
     """Instant-NeuS: NeuS (Wang et al. 2021) on a hash grid. Defaults follow instant-nsr-pl / Jittor Instant-NeuS;
