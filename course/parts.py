@@ -13,23 +13,11 @@ The markers are plain comments: the solution runs unchanged and CI tests it. `co
 marked body by `raise PartNotWritten(part, file, function, hint)` (course/unwritten.py; the hint below), and
 `course/grade.py` grades each part on its cases (course/cases.py, course/hidden/).
 
-Adding a part (e.g. when 02_mipnerf.py lands with its integrated positional encoding): mark the function body in
-the script, then add one `Part(...)` line to PARTS naming the file, the function, a one-line hint with the
-equation, the points and the test node ids (parity or property tests that call only that function and code that
-is not marked). The release refuses a marked region that no part names, and a part whose region is not marked.
-Examples of the lines to add, for the scripts still on other branches (function and test names to be checked
-against those scripts when they land):
-
-    Part("integrated_pe", 10, (Region("02_mipnerf.py", "integrated_pos_enc", "Eq. 14 of mip-NeRF: ..."),),
-         ("tests/scripts/test_02_mipnerf.py::test_...",)),
-    Part("integrated_pe", 10, (
-        Region("02_mipnerf.py", "integrated_pos_enc",
-               "Eq. 14 of mip-NeRF: E[sin(2^l x)] = sin(2^l mu) exp(-4^l var / 2), cos as sin(. + pi/2), l = min..max-1"),),
-        ("tests/scripts/test_02_mipnerf.py::test_ipe_with_zero_variance_is_the_positional_encoding",
-         "tests/scripts/test_02_mipnerf.py::test_ipe_is_the_expected_encoding_under_the_gaussian")),
-    Part("contraction", 10, (Region("03_mipnerf360.py", "contract", "Eq. 10 of mip-NeRF 360: ..."),), (...)),
-    Part("distortion_loss", 10, (Region("03_mipnerf360.py", "distortion_loss", "Eq. 15 of mip-NeRF 360"),), (...)),
-    Part("neus_opacity", 10, (Region("05_instant_neus.py", "neus_alpha", "Eq. 13 of NeuS: ..."),), (...)),
+Adding a part: mark the function body in the script, add one `Part(...)` line to PARTS naming the file, the
+function, a one-line hint with the equation, the points and the visible pytest node ids (parity or property tests
+that call only that function and code that is not marked; they ship with the release for the students), then its
+cases: visible ones in course/cases.py, hidden ones in course/hidden/cases.py. The release refuses a marked region
+that no part names, and a part whose region is not marked.
 """
 from dataclasses import dataclass
 
@@ -49,8 +37,8 @@ class Part:
     name: str
     points: int
     regions: tuple[Region, ...]  # all of them are the student's to write for this part
-    tests: tuple[str, ...]  # pytest node ids; the part scores its points when every one of them passes
-    timeout_s: int = 60  # per test (pytest-timeout): an endless loop in a student's code fails its part only
+    tests: tuple[str, ...]  # the visible pytest node ids that check the same ideas (run by students, not the grader)
+    timeout_s: int = 60  # the part's time in the grader's worker: an endless loop fails this part only
 
 
 PARTS: tuple[Part, ...] = (
