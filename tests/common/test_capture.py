@@ -136,3 +136,9 @@ def test_command_line_exits_2_with_one_line(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
     with pytest.raises(UserError, match="--radius"):
         main([str(empty), "--out", "o", "--radius", "0"])
+
+
+def test_every_numeric_option_has_a_range():
+    from common.cli import unranged_numeric_fields
+
+    assert unranged_numeric_fields(Config) == []
