@@ -10,7 +10,6 @@ import importlib
 import json
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
