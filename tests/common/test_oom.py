@@ -11,6 +11,7 @@ import json
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -303,3 +304,19 @@ def test_render_only_out_of_memory_at_the_smallest_chunk_names_chunk(nerf, tiny_
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: GPU out of memory rendering test view 0 even at 128 rays") and "--chunk" in last
     assert (tmp_path / "ckpt_000001.pt").is_file() and "Traceback" not in err
+
+
+def test_the_mesh_grid_is_evaluated_in_smaller_chunks_after_out_of_memory(capsys):
+    from common.mesh import sample_grid
+
+    def density(points):
+        return points.norm(dim=-1)
+
+    gpu = FakeGpu(density, max_rays=300)
+    aabb = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    values = sample_grid(gpu, aabb, resolution=10, chunk=1024)
+    assert gpu.errors == [1000, 512] and max(gpu.sizes[2:]) == 256  # 1000 nodes: chunks of 1024, 512, 256
+    assert np.allclose(values, sample_grid(density, aabb, resolution=10))  # every node, in order
+    assert len(_warnings(capsys.readouterr().err)) == 2
+    with pytest.raises(UserError, match="--mesh_resolution"):
+        sample_grid(FakeGpu(density, max_rays=10), aabb, resolution=10, chunk=1024)
