@@ -47,6 +47,8 @@ from kernels.sampling import sample_pdf
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("object",)  # the captures this lesson suits (NeRF's Blender scenes; no NDC here, so no LLFF); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
     """NeRF (Mildenhall et al. 2020) on one scene. Defaults are the paper's; presets (PRESETS) size it for a CPU."""
@@ -337,7 +339,8 @@ def train(cfg: Config) -> dict:
 
     return final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, background,
                             camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
-                            preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check)
+                            preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check,
+                            lpips_weights=cfg.lpips_weights)
 
 
 # ================================================================================================

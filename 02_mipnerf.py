@@ -44,6 +44,7 @@ from common.data.multiscale import build_multiscale, evaluate_levels, levels_of,
 from common.data.scene import composite_on_background
 from common.errors import UserError
 from common.evaluation import check_model_learned
+from common.lpips import load_lpips
 from common.memory import views_surviving_out_of_memory
 from common.mesh import marching_cubes, sample_grid, write_ply
 from common.metrics import mse_to_psnr
@@ -62,6 +63,8 @@ from kernels.sampling import sample_pdf
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("object", "forward-facing")  # the captures this lesson suits (Blender scenes and LLFF in NDC, as the paper); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
     """mip-NeRF (Barron et al. 2021) on one scene. Defaults are the paper's (google/mipnerf); presets size it for a CPU."""
@@ -532,10 +535,11 @@ def make_view_renderer(mlp: MipMLP, scene, cfg: Config, backend: str, ray_shape:
 
 
 def evaluate(render_view_fn, scene, outdir: Path, cfg: Config, **facts) -> dict:
-    """PSNR and SSIM of the test views at every scale (one scale for single-scale scenes) -> <outdir>/test."""
+    """PSNR, SSIM and LPIPS of the test views at every scale (one scale for single-scale scenes) -> <outdir>/test."""
     metrics = evaluate_levels(render_view_fn, levels_of(scene, "test"), outdir / "test",
                               n_views=cfg.n_test_views or None, background=1.0 if scene.white_background else 0.0,
-                              near=scene.near, far=scene.far, scene=scene.name, **facts)
+                              near=scene.near, far=scene.far, lpips_fn=load_lpips(cfg.lpips_weights),
+                              scene=scene.name, **facts)
     scales = ", ".join(f"1/{2 ** s['label']}: {s['psnr']:.2f}" for s in metrics["per_scale"])
     print(f"test: PSNR {metrics['mean_psnr']:.2f} dB, SSIM {metrics['mean_ssim']:.4f} "
           f"({scales}) -> {outdir / 'test'}")

@@ -60,6 +60,8 @@ PAPER_BATCH_RAYS = 16384
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("unbounded", "object")  # the captures this lesson suits (the scene contraction is made for backgrounds at every distance); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
     """mip-NeRF 360 (Barron et al. 2022) on one scene. Defaults are the paper's (multinerf's 360.gin); presets
@@ -556,7 +558,8 @@ def train(cfg: Config) -> dict:
 
     metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, 0, background,
                                camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
-                               preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check)
+                               preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check,
+                               lpips_weights=cfg.lpips_weights)
     if cfg.video_frames > 0:  # an orbit and a spiral, each in colour and depth
         videos = render_videos(render_fn, scene, Path(cfg.outdir), cfg.video_frames)
         print("videos: " + ", ".join(str(v) for v in videos))

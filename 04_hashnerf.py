@@ -50,6 +50,8 @@ from kernels.ray_marching import OccupancyGrid, march_rays, occupancy_update, pa
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("object", "unbounded")  # the captures this lesson suits (Instant-NGP's box, aabb_scale times the object's, holds a background); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
     """Hash-grid NeRF (Instant-NGP, Müller et al. 2022). Defaults are the paper's; presets (PRESETS) size it for a CPU."""
@@ -452,7 +454,8 @@ def train(cfg: Config) -> dict:
 
     metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, test_background,
                                camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
-                               preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check)
+                               preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check,
+                               lpips_weights=cfg.lpips_weights)
     if cfg.export_mesh:
         export_mesh(field_, aabb, cfg, backend, device)
     return metrics

@@ -81,6 +81,8 @@ MAX_ALPHA = 1.0 - 1e-6
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("object",)  # the captures this lesson suits (one surface inside the unit sphere, the background masked); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
     """Instant-NeuS: NeuS (Wang et al. 2021) on a hash grid. Defaults follow instant-nsr-pl / Jittor Instant-NeuS;
@@ -526,7 +528,8 @@ def train(cfg: Config) -> dict:
         return extract_and_score_mesh(field_, frame, scene, cfg, backend, device, Path(cfg.outdir) / "mesh.ply")
     metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, test_background,
                                camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
-                               preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check)
+                               preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check,
+                               lpips_weights=cfg.lpips_weights)
     render_normals(render_fn, scene, Path(cfg.outdir), cfg)
     metrics.update(extract_and_score_mesh(field_, frame, scene, cfg, backend, device, Path(cfg.outdir) / "mesh.ply"))
     write_json(Path(cfg.outdir) / "test" / "metrics.json", metrics)
