@@ -50,7 +50,7 @@ from common.evaluation import check_model_learned, evaluate_split, final_evaluat
 from common.mesh import marching_cubes, sample_grid, write_ply
 from common.metrics import chamfer_distance, mse_to_psnr, sample_mesh_surface
 from common.numerics import safe_normalize
-from common.paths import spherical_path
+from common.paths import default_video_path
 from common.rays import sample_ray_batch
 from common.run_folder import RunFolder
 from common.training import TrainingRun, check_finite, prepare_run, seed_everything, write_json
@@ -103,7 +103,7 @@ class Config(RunConfig):
     numerical_gradients: bool = field(default=True, metadata={"help": "central differences for the SDF gradient (else autograd; needs --backend torch)"})
     progressive_levels: bool = field(default=True, metadata={"help": "switch hash levels on one at a time"})
     start_level: int = field(default=4, metadata={"help": "levels active at step 0 (Instant-NeuS: 4)", "min": 1})
-    level_every: int = field(default=2000, metadata={"help": "steps between level additions (Jittor: 2000; instant-nsr-pl: 1000)", "min": 1})
+    level_every: int = field(default=1000, metadata={"help": "steps between level additions (instant-nsr-pl: 1000, all 16 levels on by step 12k of 20k; Jittor: 2000 / 3000 over 80k / 50k steps)", "min": 1})
     visual_hull: bool = field(default=True, metadata={"help": "carve the occupancy grid with every view's mask before training"})
     post_decoding: bool = field(default=False, metadata={"help": "composite geometry features along the ray, decode colour once per ray"})
     curvature_weight: float = field(default=5e-4, metadata={"help": "weight of the mean |Laplacian of f| (Neuralangelo / Jittor scan24: 5e-4)", "min": 0})
@@ -173,6 +173,9 @@ class NeuSField(nn.Module):
     SDF MLP: [x, hash(x)] -> 1 hidden layer, Softplus(beta=100) -> 1 + G outputs, with the sphere initialisation of
     IDR/SAL (f(x) ~ |x| - init_radius at step 0). Colour MLP (instant-nsr-pl): [h, SH(d), n] -> 2 hidden ReLU
     layers -> sigmoid. The SDF path is float32 throughout (no autocast): finite differences of half floats are noise.
+    Departures: no weight normalisation (instant-nsr-pl's SDF MLP has weight_norm, Jittor Instant-NeuS's has not);
+    the normal fed to colour and to NeuS's cos(angle between ray and normal) is the *normalised* SDF gradient, as
+    in instant-nsr-pl (NeuS passes the raw gradient, whose length the eikonal loss keeps near 1).
     """
 
     def __init__(self, cfg: Config):
@@ -443,7 +446,9 @@ def train(cfg: Config) -> dict:
     test_background = 1.0 if scene.white_background else 0.0
 
     field_, grid, frame = build(cfg, scene, device)
-    # instant-nsr-pl: Adam (0.9, 0.99, eps 1e-15) with the sharpness s on a 10x smaller learning rate.
+    # Adam (0.9, 0.99, eps 1e-15) with the sharpness s on a 10x smaller learning rate: Jittor Instant-NeuS's
+    # optimiser. instant-nsr-pl's NeuS configs (neus-dtu.yaml, neus-blender.yaml) name AdamW with these betas and
+    # eps, so they also decay every weight by PyTorch's default 0.01 (times the learning rate) per step; we do not.
     optimizer = torch.optim.Adam([
         dict(params=field_.encoding.parameters(), lr=cfg.lr),
         dict(params=list(field_.sdf_mlp.parameters()) + list(field_.color_mlp.parameters()), lr=cfg.lr),
@@ -553,7 +558,9 @@ def normal_image(normals: torch.Tensor, background: float) -> torch.Tensor:
 
 
 def render_normals(render_fn, scene, outdir: Path, cfg: Config) -> None:
-    """Normal maps of two test views (test/normal_XXX.png) and, with video_frames, a normal video on the path."""
+    """Normal maps of two test views (test/normal_XXX.png) and, with video_frames, a normal video on the same
+    path as the colour and depth videos (common/paths.py, default_video_path: along the arc the training cameras
+    cover, so a DTU object is seen from the side its cameras saw, not from a z-up sphere around it)."""
     test, bg = scene.splits["test"], 1.0 if scene.white_background else 0.0
     for index in range(min(2, len(test.images))):
         out = render_view(render_fn, test.cameras.K[index], test.cameras.c2w[index], test.cameras.height,
@@ -561,9 +568,8 @@ def render_normals(render_fn, scene, outdir: Path, cfg: Config) -> None:
         save_image(outdir / "test" / f"normal_{index:03d}.png", normal_image(out["normal"], bg))
     if cfg.video_frames > 0:
         cams = scene.splits["train"].cameras
-        radius = float(cams.c2w[:, :3, 3].norm(dim=-1).mean())
         frames = [normal_image(render_view(render_fn, cams.K[0], c2w, cams.height, cams.width)["normal"], bg).numpy()
-                  for c2w in spherical_path(cfg.video_frames, radius=radius)]
+                  for c2w in default_video_path(cams.c2w, cfg.video_frames)]
         print("normal video: " + str(write_video(outdir / "video_normal.mp4", np.stack(frames), fps=24)))
 
 
