@@ -27,7 +27,7 @@ rendering, the training loop, evaluation, main. notebooks/03_mipnerf360.ipynb dr
 Glossary of shapes: R rays in a batch, S samples (intervals) per ray, so S + 1 interval ends, D = 3.
 
     python 03_mipnerf360.py                          # built-in unbounded scene, CPU preset on a CPU
-    python 03_mipnerf360.py --quick                  # 800 steps: 28.4 dB on its test views (README: time)
+    python 03_mipnerf360.py --quick                  # 800 steps: 29.0 dB on 4 test views, 70 s (README)
     python 03_mipnerf360.py --scene lego --datadir ../shared/data/nerf_synthetic --quick   # Blender recipe
     python 03_mipnerf360.py --scene ../shared/data/fox --downscale 8   # an Instant-NGP transforms.json capture
     python 03_mipnerf360.py --scene data/360_v2/garden                 # a 360 capture (poses_bounds.npy, images_4/)
@@ -136,8 +136,8 @@ PRESETS = {
                 bottleneck_width=64, view_width=64, n_prop_samples=(32, 32), n_nerf_samples=16, lr=5e-3,
                 lr_final=1e-4, lr_delay_steps=100, grad_max_norm=0.0, ckpt_every=1000, video_frames=40,
                 log_every=50),
-    # 800 steps: 28.4 dB / 0.920 on 4 test views of the built-in unbounded scene, 287 s of training on one thread of
-    # a loaded 2-core machine (benchmarks/results/quick-03_mipnerf360-*). Departs further from the paper: IPE up
+    # 800 steps: 29.0 dB / 0.925 on 4 test views of the built-in unbounded scene, 52 s of training on the idle 2-core
+    # machine (benchmarks/results/quick-presets-cpu-amd-epyc-2026-12-03-2029.json). Departs further from the paper: IPE up
     # to 2^9 (max_deg_point 10), 24 + 24 proposal and 16 NeRF intervals, 4x96 and 2x32 MLPs.
     "quick": dict(iters=800, batch_rays=512, nerf_depth=4, nerf_width=96, prop_depth=2, prop_width=32,
                   bottleneck_width=48, view_width=48, max_deg_point=10, n_prop_samples=(24, 24),
