@@ -478,7 +478,8 @@ def train(cfg: Config) -> dict:
                               progress=False)["mean_psnr"]
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
-    with TrainingRun(cfg, "05_instant_neus", scene, device, backend, save_state, load_state, validate) as run:
+    with TrainingRun(cfg, "05_instant_neus", scene, device, backend, save_state, load_state, validate,
+                     render=render_fn) as run:
         for step in run.steps():
             field_.active_levels = active_levels(cfg, step)  # progressive levels
             if step % cfg.grid_update_every == 0:

@@ -9,6 +9,7 @@
     add_mesh(scene, vertices, faces)             a triangle mesh and its vertex normals as short segments
     add_gaussians(scene, means, covs, colors)    3D Gaussians as splats (02's frustums)
     notebook_html(server)                        the scene as one self-contained page for a notebook output
+    embed(draw)                                  a notebook cell's scene: a fresh server, draw(scene), the page
 
 Every function takes plain arrays (numpy or torch, float, world coordinates of our scenes) and returns viser's
 handles, so a caller can move, hide or remove what it drew. Colours are RGB in 0..255 (viser's uint8), or a
@@ -81,12 +82,11 @@ def box_edges(aabb) -> np.ndarray:
     return corners[np.array(edges)]  # (12, 2, 3)
 
 
-def add_box(scene, aabb, name: str = "/scene_box", color=(230, 120, 20), thickness: float | None = None):
-    """The scene box (the region the model represents) as 12 line segments. aabb: (2, 3)."""
-    edges = box_edges(aabb)
-    if thickness is None:
-        thickness = 0.004 * float(np.linalg.norm(edges[:, 1] - edges[:, 0], axis=-1).max())
-    return scene.add_line_segments(name, edges, _colors_uint8(color, 1)[0], thickness=thickness)
+def add_box(scene, aabb, name: str = "/scene_box", color=(230, 120, 20), thickness_px: float = 2.0):
+    """The scene box (the region the model represents) as 12 line segments, thickness_px pixels wide on
+    screen whatever the zoom. aabb: (2, 3)."""
+    return scene.add_line_segments(name, box_edges(aabb), _colors_uint8(color, 1)[0], thickness=thickness_px,
+                                   thickness_units="screen")
 
 
 def add_cameras(scene, cameras, images=None, name: str = "/cameras", scale: float | None = None,
@@ -112,7 +112,7 @@ def add_cameras(scene, cameras, images=None, name: str = "/cameras", scale: floa
             picture = (np.clip(picture, 0.0, 1.0) * 255.0).round().astype(np.uint8)
         handles.append(scene.add_camera_frustum(
             f"{name}/{index:04d}", fov=2.0 * math.atan(0.5 * height / fy), aspect=width / height, scale=scale,
-            thickness=0.05 * scale, color=_colors_uint8(color, 1)[0], image=picture, format="jpeg" if picture
+            thickness=1.5, thickness_units="screen", color=_colors_uint8(color, 1)[0], image=picture, format="jpeg" if picture
             is not None else "auto", wxyz=opencv_wxyz(c2w_all[index]), position=centres[index]))
     return handles
 
@@ -227,10 +227,47 @@ def notebook_html(server, height: int = 420):
                 f'style="border:1px solid #ddd"></iframe></div>')
 
 
+@contextlib.contextmanager
+def quiet_viser():
+    """Silence what viser prints while starting and stopping a server (a banner with its address, "Server
+    stopped"): it prints through rich, which in Jupyter becomes a display output of the cell, so redirecting
+    stdout is not enough; rich's console is made quiet for the duration."""
+    import rich
+
+    console = rich.get_console()
+    was_quiet, console.quiet = console.quiet, True
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        console.quiet = was_quiet
+
+
 def offline_server():
     """A viser server for building a scene to embed (`notebook_html`): on 127.0.0.1, a port the OS picks,
     its banner (which prints its address) swallowed. No browser needs to connect to it."""
     import viser
 
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet_viser():
         return viser.ViserServer(host="127.0.0.1", port=0, verbose=False)
+
+
+VISER_MISSING = "3D scene not drawn: viser is not installed (pip install -r requirements-viewer.txt)"
+
+
+def embed(draw, height: int = 420):
+    """What a notebook's 3D cell ends with: draw(scene) on a fresh `offline_server`, returned as the
+    self-contained page of `notebook_html` (shown as the cell's output). Where viser is not installed, the one
+    line VISER_MISSING instead, so that the notebook still runs top to bottom."""
+    try:
+        import viser  # noqa: F401
+    except ImportError:
+        print(VISER_MISSING)
+        return None
+    server = offline_server()
+    try:
+        draw(server.scene)
+        return notebook_html(server, height)
+    finally:
+        with quiet_viser():
+            server.stop()

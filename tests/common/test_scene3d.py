@@ -151,3 +151,11 @@ def test_notebook_html_is_one_page_with_the_scene_and_no_network_address():
     assert output.startswith("<div><iframe srcdoc=") and 'height="300"' in output
     assert "__VISER_EMBED_DATA__" in output  # the scene's messages are inside the page
     assert re.search(r"https?://(?!www\.w3\.org/)", output) is None  # the SVG namespace is a name, not a fetch
+
+
+def test_embed_draws_on_a_fresh_scene_and_returns_the_page(capsys):
+    drawn = []
+    page = scene3d.embed(lambda scene: drawn.append(scene3d.add_points(scene, np.zeros((4, 3)), name="/p")))
+    assert len(drawn) == 1 and np.asarray(drawn[0].points).shape == (4, 3)
+    assert "__VISER_EMBED_DATA__" in page.data
+    assert "http" not in capsys.readouterr().out  # viser's banner (its address) is not printed into the cell
