@@ -28,8 +28,8 @@ import math
 
 import numpy as np
 
-# viser's default frustum length (0.3) suits a scene of radius ~1; ours are scaled to the scene box instead.
-FRUSTUM_FRACTION_OF_BOX = 0.08
+# viser's default frustum length (0.3) suits a scene of radius ~1; ours are a fraction of the cameras' spread.
+FRUSTUM_FRACTION_OF_BOX = 0.04
 WEIGHT_COLORMAP = "viridis"  # dark purple (weight 0) .. yellow (the ray's largest weight)
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0])
 
@@ -108,7 +108,9 @@ def add_cameras(scene, cameras, images=None, name: str = "/cameras", scale: floa
         fy = K_all[index, 1, 1]
         picture = None
         if images is not None:
-            picture = _numpy(images[index], np.float32)[::stride, ::stride, :3]
+            picture = _numpy(images[index], np.float32)[::stride, ::stride]
+            if picture.shape[-1] == 4:  # RGBA: shown over white, the background NeRF's Blender protocol trains on
+                picture = picture[..., :3] * picture[..., 3:] + (1.0 - picture[..., 3:])
             picture = (np.clip(picture, 0.0, 1.0) * 255.0).round().astype(np.uint8)
         handles.append(scene.add_camera_frustum(
             f"{name}/{index:04d}", fov=2.0 * math.atan(0.5 * height / fy), aspect=width / height, scale=scale,
@@ -255,19 +257,25 @@ def offline_server():
 VISER_MISSING = "3D scene not drawn: viser is not installed (pip install -r requirements-viewer.txt)"
 
 
-def embed(draw, height: int = 420):
-    """What a notebook's 3D cell ends with: draw(scene) on a fresh `offline_server`, returned as the
-    self-contained page of `notebook_html` (shown as the cell's output). Where viser is not installed, the one
-    line VISER_MISSING instead, so that the notebook still runs top to bottom."""
+def embed(draw, height: int = 420, camera=None) -> None:
+    """What a notebook's 3D cell ends with: draw(scene) on a fresh `offline_server`, then the self-contained page
+    of `notebook_html` displayed as the cell's output (a display output, not the cell's value). camera:
+    (position, look_at) of the page's first view, in world coordinates (default: viser's). Where viser is
+    not installed, the one line VISER_MISSING instead, so that the notebook still runs top to bottom."""
     try:
         import viser  # noqa: F401
     except ImportError:
         print(VISER_MISSING)
-        return None
+        return
+    from IPython.display import display
+
     server = offline_server()
     try:
+        if camera is not None:
+            server.initial_camera.position = tuple(float(v) for v in camera[0])
+            server.initial_camera.look_at = tuple(float(v) for v in camera[1])
         draw(server.scene)
-        return notebook_html(server, height)
+        display(notebook_html(server, height))
     finally:
         with quiet_viser():
             server.stop()

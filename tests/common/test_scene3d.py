@@ -153,9 +153,12 @@ def test_notebook_html_is_one_page_with_the_scene_and_no_network_address():
     assert re.search(r"https?://(?!www\.w3\.org/)", output) is None  # the SVG namespace is a name, not a fetch
 
 
-def test_embed_draws_on_a_fresh_scene_and_returns_the_page(capsys):
-    drawn = []
-    page = scene3d.embed(lambda scene: drawn.append(scene3d.add_points(scene, np.zeros((4, 3)), name="/p")))
+def test_embed_draws_on_a_fresh_scene_and_displays_the_page(capsys, monkeypatch):
+    import IPython.display
+
+    shown, drawn = [], []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    assert scene3d.embed(lambda scene: drawn.append(scene3d.add_points(scene, np.zeros((4, 3)), name="/p"))) is None
     assert len(drawn) == 1 and np.asarray(drawn[0].points).shape == (4, 3)
-    assert "__VISER_EMBED_DATA__" in page.data
+    assert len(shown) == 1 and "__VISER_EMBED_DATA__" in shown[0].data
     assert "http" not in capsys.readouterr().out  # viser's banner (its address) is not printed into the cell
