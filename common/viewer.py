@@ -13,7 +13,7 @@ the frame time.
 How it shares the CPU/GPU with training: frames are rendered in the training loop's own thread, between two
 steps (`Viewer.poll`, called by common.training.TrainingRun.log), never concurrently with a step, so a frame
 always sees the weights of one step and no lock is needed. Without a connected browser, poll() does nothing
-but compare two numbers (and update the step label twice a second): training runs at its usual speed
+but ask viser for its list of clients (no message is queued): training runs at its usual speed
 (benchmarks/viewer_cost.py measures it). With a browser, a frame is rendered when its camera moved, and the
 current view again every `refresh_s` seconds as the model learns; that time is paused in the run's clock
 (elapsed_s, --time_budget_s count training only). Frames are small (the long side `resolution` pixels,
@@ -213,12 +213,12 @@ class Viewer:
         if step is not None:
             self._step, self._psnr = step, psnr
             self._model_version += 1
-            if start - self._last_label >= LABEL_EVERY_S:
-                self._last_label = start
-                self._show_status()
         clients = self.server.get_clients()
-        if not clients:
+        if not clients:  # nobody looks: no message for viser's thread to send (it would take the GIL from training)
             return time.perf_counter() - start
+        if step is not None and start - self._last_label >= LABEL_EVERY_S:
+            self._last_label = start
+            self._show_status()
         with self._lock:
             due = {cid for cid in self._moved if cid in clients}
             self._moved -= due

@@ -119,6 +119,17 @@ def test_viewer_command_serves_a_finished_run_and_stops_on_ctrl_c(tiny_run):
             process.kill()
 
 
+def test_without_a_browser_the_viewer_renders_and_sends_nothing(tiny_run):
+    viewer = tiny_viewer(tiny_run)
+    try:
+        for step in range(1, 30):
+            assert viewer.poll(step, 12.0) < 0.5
+        assert viewer.frames_rendered == 0
+        assert viewer.status.content == "waiting for the first frame"  # not even the step: no client to show it to
+    finally:
+        viewer.close()
+
+
 def _canvas(shot: np.ndarray) -> np.ndarray:
     """The part of a screenshot that only the 3D canvas covers (viser's panel is top right, its notice top
     left, the axes gizmo bottom left)."""
@@ -151,6 +162,8 @@ def test_browser_shows_the_models_render_and_it_follows_the_camera(tiny_run):
         try:
             page = browser.open(f"http://127.0.0.1:{viewer.port}")
             _wait_for_frames(viewer, 1)
+            viewer.poll(step=7, psnr=12.5)  # during training: the step and the PSNR are shown once a client looks
+            assert viewer.status.content.startswith("step 7 · PSNR 12.50 dB")
             client = next(iter(viewer.server.get_clients().values()))
             viewer.show_scene.value = False  # the frustums and the box off: the canvas shows the render alone
             # depth: after 60 tiny steps the RGB render is still a near-uniform grey (about 11.6 dB), while the
