@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common.errors import UserError
+from common.errors import UserError, writing
 
 
 def grid_points(aabb, resolution: int) -> torch.Tensor:
@@ -100,11 +100,17 @@ def marching_cubes(values: np.ndarray, aabb, level: float, inside: str = "above"
     return vertices, faces
 
 
+def _made_parent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_ply(path, vertices, faces, colors=None, ascii: bool = False) -> Path:
     """Write a triangle mesh as PLY (binary little-endian by default, or ascii), creating parent folders.
 
     vertices: (V, 3) float (world units); faces: (F, 3) int; colors: optional (V, 3) per-vertex colours, float in
     [0, 1] (rounded to uint8) or uint8. Returns the path. Viewers (MeshLab, Blender, Open3D) read both forms.
+    A full disk or a read-only place is one line naming the file (common.errors.writing).
     """
     to_np = lambda a: a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)  # noqa: E731
     vertices = to_np(vertices).astype(np.float32).reshape(-1, 3)
@@ -123,8 +129,7 @@ def write_ply(path, vertices, faces, colors=None, ascii: bool = False) -> Path:
         header += ["property uchar red", "property uchar green", "property uchar blue"]
     header += [f"element face {len(faces)}", "property list uchar int vertex_indices", "end_header"]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as file:
+    with writing(path), open(_made_parent(path), "wb") as file:  # a full disk: one line naming the file
         file.write(("\n".join(header) + "\n").encode("ascii"))
         if ascii:
             for i, v in enumerate(vertices):
