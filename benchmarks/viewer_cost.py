@@ -5,8 +5,10 @@ several resolutions. The README's "See it in 3D" figures come from here.
 
     python benchmarks/viewer_cost.py                               # 150 steps per run, 3 rounds, frames of 01
     python benchmarks/viewer_cost.py --steps 300 --rounds 5 --frame_run runs/notebooks/01_nerf
+    python benchmarks/viewer_cost.py --screenshot_only benchmarks/results/viewer-01_nerf.png   # the README picture
 
-Runs alternate (off, open, browser, off, open, ...) so that a change of load on a shared machine hits every
+The viewer's own time in the loop (Viewer.poll: status text, and frames when a browser is connected) is also
+timed directly, per step, which a shared machine's noise does not blur. Runs alternate (off, open, browser, off, open, ...) so that a change of load on a shared machine hits every
 condition alike; seconds per step are the wall time between the first and the last step of a run divided by the
 steps between them (the viewer's frames included), and each condition reports the median over rounds. The load
 average before and after each run is stored beside it.
@@ -53,8 +55,18 @@ def timed_training(steps: int, outdir: Path, viewer: str) -> dict:
     port = free_port()
     if viewer != "off":
         argv += ["--viewer", "--viewer_port", str(port)]
-    stamps, runs = [], []
+    stamps, runs, polls = [], [], []
     real_log, real_enter = training.TrainingRun.log, training.TrainingRun.__enter__
+    from common import viewer as viewer_module
+
+    real_poll = viewer_module.Viewer.poll
+
+    def poll(self, *args, **kwargs):  # the viewer's whole share of the loop: its time per step
+        start = time.perf_counter()
+        try:
+            return real_poll(self, *args, **kwargs)
+        finally:
+            polls.append(time.perf_counter() - start)
 
     def log(self, step, *args, **kwargs):
         stamps.append(time.perf_counter())
@@ -81,23 +93,26 @@ def timed_training(steps: int, outdir: Path, viewer: str) -> dict:
 
         threading.Thread(target=connect, daemon=True).start()
     training.TrainingRun.log, training.TrainingRun.__enter__ = log, enter
+    viewer_module.Viewer.poll = poll
     load_before = os.getloadavg()
     try:
         nerf.main(argv)
     finally:
         training.TrainingRun.log, training.TrainingRun.__enter__ = real_log, real_enter
+        viewer_module.Viewer.poll = real_poll
         if browser is not None:
             browser.close()
     viewer_obj = runs[0].viewer if runs else None
     frames = viewer_obj.frames_rendered if viewer_obj is not None else 0
     # skip the first 10 steps (allocations, the browser still loading the page)
     s_per_step = (stamps[-1] - stamps[10]) / (len(stamps) - 11)
-    return dict(viewer=viewer, s_per_step=round(s_per_step, 4), frames=frames, load_before=load_before,
+    return dict(viewer=viewer, s_per_step=round(s_per_step, 4), frames=frames,
+                viewer_s_per_step=round(sum(polls) / max(len(polls), 1), 6), load_before=load_before,
                 load_after=os.getloadavg())
 
 
-def frame_times(run_dir: Path, resolutions, repeats: int = 3) -> list[dict]:
-    """Median seconds to render one frame of the run's model (a 4:3 view from training camera 0), per long side."""
+def load_run(run_dir: Path):
+    """(the scene, a view renderer) of a trained 01_nerf run folder, rebuilt from its latest checkpoint."""
     from common.checkpoints import load_latest_valid_checkpoint
     from common.data.load import load_scene
 
@@ -108,8 +123,40 @@ def frame_times(run_dir: Path, resolutions, repeats: int = 3) -> list[dict]:
     coarse.load_state_dict(state["coarse"])
     fine.load_state_dict(state["fine"])
     scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale)
-    render_view = view_renderer_from_rays(
+    return scene, view_renderer_from_rays(
         nerf.make_image_renderer(coarse, fine, scene, cfg, "torch", scene.background, torch.device("cpu")))
+
+
+def screenshot(run_dir: Path, png: Path, resolution: int = 128) -> None:
+    """The viewer on a trained run, in headless Chromium (tests/browser.py), seen from behind training camera 0
+    at `resolution` pixels: the page as a student sees it, saved to png."""
+    from PIL import Image
+
+    from common.viewer import Viewer
+    from tests.browser import Browser
+
+    scene, render_view = load_run(run_dir)
+    viewer = Viewer(render_view, scene, host="127.0.0.1", port=free_port(), title="01_nerf · builtin",
+                    resolution=resolution)
+    try:
+        with Browser(width=1000, height=640) as browser:
+            page = browser.open(f"http://127.0.0.1:{viewer.port}")
+            deadline = time.monotonic() + 120
+            while viewer.frames_rendered < 1 and time.monotonic() < deadline:
+                viewer.poll()
+                time.sleep(0.05)
+            time.sleep(2.0)  # the frame travels and is drawn
+            page.evaluate("document.querySelectorAll('.mantine-Notification-root button').forEach(b => b.click())")
+            time.sleep(0.5)
+            Image.fromarray(page.screenshot()).save(png)
+    finally:
+        viewer.close()
+    print(f"-> {png} (frame {1000 * viewer.last_frame_s:.0f} ms at {resolution} px)")
+
+
+def frame_times(run_dir: Path, resolutions, repeats: int = 3) -> list[dict]:
+    """Median seconds to render one frame of the run's model (a 4:3 view from training camera 0), per long side."""
+    scene, render_view = load_run(run_dir)
     c2w = scene.splits["train"].cameras.c2w[0]
     rows = []
     for long_side in resolutions:
@@ -134,7 +181,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--resolutions", type=int, nargs="+", default=[32, 64, 128, 256])
     parser.add_argument("--machine_note", default="")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--screenshot_only", default=None, help="save the viewer's page on --frame_run to this PNG")
     args = parser.parse_args(argv)
+    if args.screenshot_only:
+        return screenshot(REPO / args.frame_run, Path(args.screenshot_only))
 
     work = Path(tempfile.mkdtemp(prefix="viewer-cost-"))
     runs = []
@@ -150,7 +200,8 @@ def main(argv=None) -> dict:
     summary = {}
     for viewer in ("off", "open", "browser"):
         values = [r["s_per_step"] for r in runs if r["viewer"] == viewer]
-        summary[viewer] = dict(median_s_per_step=round(statistics.median(values), 4), all=values)
+        summary[viewer] = dict(median_s_per_step=round(statistics.median(values), 4), all=values,
+                               viewer_s_per_step=[r["viewer_s_per_step"] for r in runs if r["viewer"] == viewer])
     base = summary["off"]["median_s_per_step"]
     for viewer in ("open", "browser"):
         summary[viewer]["vs_off_percent"] = round(100 * (summary[viewer]["median_s_per_step"] / base - 1), 1)
