@@ -462,7 +462,8 @@ def train(cfg: Config) -> dict:
                                progress=False)["mean_psnr"]
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
-    with TrainingRun(cfg, "02_mipnerf", scene, device, backend, save_state, load_state, validate) as run:
+    with TrainingRun(cfg, "02_mipnerf", scene, device, backend, save_state, load_state, validate,
+                     render=render_view_fn) as run:
         def training_step(step: int) -> None:  # one step of the loop below
             # Rays from all pixels of all images (and scales) at once: the authors' batching for LLFF and multiscale
             # data; for single-scale Blender they draw each batch from one image, we do not.

@@ -625,7 +625,8 @@ def train(cfg: Config) -> dict:
                               progress=False)["mean_psnr"]
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
-    with TrainingRun(cfg, "03_mipnerf360", scene, device, backend, save_state, load_state, validate) as run:
+    with TrainingRun(cfg, "03_mipnerf360", scene, device, backend, save_state, load_state, validate,
+                     render=render_fn) as run:
         def training_step(step: int) -> None:  # one step of the loop below
             rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator)
             rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)

@@ -485,7 +485,8 @@ def train(cfg: Config) -> dict:
                               progress=False)["mean_psnr"]
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
-    with TrainingRun(cfg, "05_instant_neus", scene, device, backend, save_state, load_state, validate) as run:
+    with TrainingRun(cfg, "05_instant_neus", scene, device, backend, save_state, load_state, validate,
+                     render=render_fn) as run:
         def training_step(step: int) -> None:  # one step of the loop below
             field_.active_levels = active_levels(cfg, step)  # progressive levels
             if step % cfg.grid_update_every == 0:
