@@ -311,8 +311,9 @@ def train(cfg: Config) -> dict:
                               progress=False)["mean_psnr"]
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
-    with TrainingRun(cfg, "01_nerf", scene, device, backend, save_state, load_state, validate) as run:
-        for step in run.steps():
+    with TrainingRun(cfg, "01_nerf", scene, device, backend, save_state, load_state, validate,
+                     render=render_fn) as run:
+        def training_step(step: int) -> None:  # one step of the loop below
             pixels = central_crop(train_split, cfg.precrop_fraction) if step <= cfg.precrop_iters else None
             rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator, pixel_box=pixels)
             rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
@@ -334,9 +335,13 @@ def train(cfg: Config) -> dict:
             scaler.update()
             run.log(step, loss=loss.item(), psnr=mse_to_psnr(loss_fine.item()), lr=lr)
 
+        for step in run.steps():  # a GPU out-of-memory error halves the rays per step and runs the step again
+            run.train_step(training_step, step, optimizer)
+
     return final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, background,
                             camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
-                            preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check)
+                            preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check,
+                            lpips_weights=cfg.lpips_weights)
 
 
 # ================================================================================================
