@@ -311,7 +311,8 @@ def train(cfg: Config) -> dict:
                               progress=False)["mean_psnr"]
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
-    with TrainingRun(cfg, "01_nerf", scene, device, backend, save_state, load_state, validate) as run:
+    with TrainingRun(cfg, "01_nerf", scene, device, backend, save_state, load_state, validate,
+                     render=render_fn) as run:
         def training_step(step: int) -> None:  # one step of the loop below
             pixels = central_crop(train_split, cfg.precrop_fraction) if step <= cfg.precrop_iters else None
             rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator, pixel_box=pixels)

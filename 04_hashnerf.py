@@ -411,7 +411,8 @@ def train(cfg: Config) -> dict:
                               progress=False)["mean_psnr"]
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
-    with TrainingRun(cfg, "04_hashnerf", scene, device, backend, save_state, load_state, validate) as run:
+    with TrainingRun(cfg, "04_hashnerf", scene, device, backend, save_state, load_state, validate,
+                     render=render_fn) as run:
         def training_step(step: int) -> None:  # one step of the loop below
             if step % cfg.grid_update_every == 0:  # Appendix E.2: keep the grid in step with the field
                 update_occupancy_grid(grid, step, cfg, optical_thickness, generator, backend)

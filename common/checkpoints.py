@@ -184,6 +184,7 @@ RESUMABLE_FIELDS = frozenset({
     "chunk", "device", "backend", "resume", "outdir", "cli_options", "render_only", "camera_path",
     "export_mesh", "mesh_resolution", "mesh_threshold",  # what 04 writes at the end
     "dead_model_check",  # whether a model that learned nothing stops the run at the end or only warns
+    "viewer", "viewer_port",  # a live viewer of the run (common/viewer.py)
 })
 
 

@@ -227,17 +227,26 @@ class TrainingRun:
         checkpoint), or on Ctrl-C / SIGTERM (the step in progress finishes, a checkpoint is written, exit status
         130 / 143).
 
+      * --viewer: a live 3D viewer (common/viewer.py) of the model, fed between steps by `log`; with
+        --render_only, it serves the loaded model until Ctrl-C and the run stops there (exit 0).
+
     save_state() -> dict: what to checkpoint besides the step (network, optimizer and RNG states);
-    load_state(state: dict): puts a checkpoint back; validate() -> float: PSNR of a held-out view (optional).
+    load_state(state: dict): puts a checkpoint back; validate() -> float: PSNR of a held-out view (optional);
+    render: what the viewer draws with, either the script's ray renderer (rays_o, rays_d) -> dict with its
+    `.chunk` (01, 03, 04, 05) or a view renderer (K, c2w, H, W) -> dict of images (02: its cones need K),
+    told apart by `.chunk`.
     """
 
-    def __init__(self, cfg, script: str, scene, device, backend: str, save_state, load_state, validate=None):
+    def __init__(self, cfg, script: str, scene, device, backend: str, save_state, load_state, validate=None,
+                 render=None):
         self.cfg, self.script, self.scene_name = cfg, script, scene.name
         train_cams = scene.splits["train"].cameras
         self.summary = (f"{script}: preset {cfg.preset}, device {device}, backend {backend}, scene {scene.name} "
                         f"({len(train_cams)} training images of {train_cams.width}x{train_cams.height}), "
                         f"outdir {cfg.outdir}")
         self.save_state, self.load_state, self.validate = save_state, load_state, validate
+        self.scene, self.render = scene, render
+        self.viewer = None  # common.viewer.Viewer with --viewer
         self.outdir = Path(cfg.outdir)
         self._folder = RunFolder(self.outdir)
         self.step = 0  # the last completed step
@@ -254,6 +263,9 @@ class TrainingRun:
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        if self.viewer is not None:
+            self.viewer.close()
+            print(f"viewer closed; to look at this run again: python -m common.viewer {self.outdir}")
         self._interrupt.__exit__(exc_type, exc, tb)
         self._folder.__exit__(exc_type, exc, tb)
         if self.log_ is not None:
@@ -275,6 +287,11 @@ class TrainingRun:
             self.load_state(state)
             self.step = int(state["step"])
             print(f"--render_only: the model of {path} (step {self.step})")
+            if cfg.viewer:
+                self._start_viewer()
+                print("viewer: serving this model until Ctrl-C", flush=True)
+                self.viewer.serve(stop=lambda: self._interrupt.requested)
+                raise SystemExit(0)  # the viewer was what was asked for: no test renders, no videos
             return
         start = 0
         found = load_latest_valid_checkpoint(self.outdir) if cfg.resume else None
@@ -293,6 +310,8 @@ class TrainingRun:
         self.step = start
         self.log_ = TrainLog(self.outdir, total_steps=cfg.iters, start_step=start,
                              desc=f"{self.script} {self.scene_name}")
+        if cfg.viewer:
+            self._start_viewer()
         for step in range(start + 1, cfg.iters + 1):
             yield step  # the caller runs one training step, ending with run.log(step, ...)
             self.step = step
@@ -314,6 +333,9 @@ class TrainingRun:
         self._stopping = step == self.cfg.iters or self._out_of_time() or self._interrupt.requested
         write = step % self.cfg.log_every == 0 or self._stopping
         self.log_.step(step, loss=loss, psnr=psnr, lr=lr, write=write, **(extra() if write and extra else {}))
+        if self.viewer is not None:
+            with self.log_.paused():  # frames for the browser are not training time
+                self.viewer.poll(step, psnr if psnr is not None else (-10.0 * math.log10(loss) if loss > 0 else math.inf))
 
     def train_step(self, training_step, step: int, optimizer=None, batch: dict | None = None) -> None:
         """training_step(step), run again with half the rays per step after each GPU out-of-memory error.
@@ -382,6 +404,14 @@ class TrainingRun:
             self._unwritten_checkpoint = path
             raise
 
+    def _start_viewer(self) -> None:
+        from common.viewer import start_viewer, view_renderer_from_rays
+
+        if self.render is None:
+            raise UserError(f"--viewer: {self.script}.py gives its training loop no renderer to show")
+        render_view = view_renderer_from_rays(self.render) if hasattr(self.render, "chunk") else self.render
+        self.viewer = start_viewer(self.cfg, self.scene, render_view, title=f"{self.script} · {self.scene_name}")
+
     def _out_of_time(self) -> bool:
         return self.cfg.time_budget_s > 0 and self.elapsed() >= self.cfg.time_budget_s
 
@@ -412,7 +442,7 @@ def _halvings(events: list[dict]) -> str:
 
 # What --render_only takes from today's command line; every other setting comes from the checkpoint's config.
 RENDER_SETTINGS = ("outdir", "datadir", "device", "backend", "chunk", "n_test_views", "video_frames",
-                   "render_only", "camera_path", "dead_model_check")
+                   "render_only", "camera_path", "dead_model_check", "viewer", "viewer_port")
 
 
 def prepare_run(cfg, script: str, required_keys=(), output_settings=()):
@@ -435,6 +465,11 @@ def prepare_run(cfg, script: str, required_keys=(), output_settings=()):
     cfg = dataclasses.replace(cfg, outdir=str(outdir))
     if cfg.camera_path:
         load_camera_path(cfg.camera_path)
+    if cfg.viewer:  # a busy port or a missing viser: one line now, not after the data has loaded
+        from common.viewer import check_port_free, viser_available
+
+        viser_available()
+        check_port_free(cfg.viewer_port)
     if cfg.render_only:
         found = load_latest_valid_checkpoint(outdir)
         if found is None:
