@@ -39,7 +39,7 @@ _uid_lock = threading.Lock()
 _uid_counter = [0]
 
 NO_SANDBOX_MESSAGE = ("bubblewrap (bwrap) is not usable here, so student code cannot be sandboxed: install it "
-                      "(Debian: apt-get install bubblewrap; it needs root or unprivileged user namespaces), or pass "
+                      "(Debian: apt-get install bubblewrap) and grade as root (the sandbox gets a user id of its own), or pass "
                       "--unsafe_no_sandbox to grade without it (README, 'For instructors', says what that leaves open)")
 
 
