@@ -19,7 +19,7 @@ one resumes at the next part), and the student a total of `student_time_s`.
 from __future__ import annotations
 
 import argparse
-import importlib
+import atexit
 import json
 import secrets
 import shutil
@@ -69,6 +69,7 @@ def public_code() -> Path:
     with _public_lock:
         if "dir" not in _public_code:
             out = Path(tempfile.mkdtemp(prefix="nerf-course-public-"))
+            atexit.register(shutil.rmtree, out, True)  # removed when the grading process ends
             hints = part_hints()
             for relative in repository_files(REPO_ROOT):
                 if not (len(relative.parts) == 1 and relative.suffix == ".py") and relative.parts[0] not in PUBLIC_CODE_DIRS \
