@@ -118,6 +118,61 @@ def encoding_dim(n_freqs: int, dims: int = 3) -> int:
     return dims * (1 + 2 * n_freqs)
 
 
+# ================================================================================================
+# A 2-D image field: the positional-encoding experiment of notebooks/01_nerf.ipynb (Sec. 5.1 of NeRF, Fig. 4's idea)
+# ================================================================================================
+def image_field(coords: torch.Tensor, n_freqs: int, *layers: torch.Tensor) -> torch.Tensor:
+    """An image as a neural field: pixel coordinates -> RGB, through gamma of Eq. 4 and a ReLU MLP.
+
+        rgb(x) = sigmoid(W_K relu(... relu(W_0 gamma(x) + b_0) ...) + b_K)
+
+    gamma is positional_encoding with n_freqs = L frequencies; L = 0 gives gamma(x) = x, the plain coordinates
+    (positional_encoding returns x itself then). layers = (W_0, b_0, W_1, b_1, ..., W_K, b_K), the weights of
+    K + 1 linear layers in nn.Linear's layout (W_k (out, in), b_k (out,)): ReLU after every layer but the last,
+    a sigmoid after the last so that colours lie in [0, 1].
+    coords: (N, 2) -> rgb (N, 3) (W_K has 3 rows).
+    """
+    ### BEGIN SOLUTION
+    h = positional_encoding(coords, n_freqs)  # (N, 2 (1 + 2L))
+    n_layers = len(layers) // 2
+    for k in range(n_layers):
+        h = F.linear(h, layers[2 * k], layers[2 * k + 1])
+        h = torch.sigmoid(h) if k == n_layers - 1 else F.relu(h)
+    return h
+    ### END SOLUTION
+
+
+def init_image_field(n_freqs: int, width: int, depth: int, seed: int) -> list[torch.Tensor]:
+    """Weights for image_field: `depth` hidden ReLU layers of `width` units, drawn like nn.Linear's default
+    (uniform in +-1/sqrt(fan_in)) from a generator seeded with `seed`, so that a fit is reproducible."""
+    generator = torch.Generator().manual_seed(seed)
+    sizes = [encoding_dim(n_freqs, dims=2)] + [width] * depth + [3]
+    layers = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        bound = fan_in ** -0.5
+        layers.append((torch.rand(fan_out, fan_in, generator=generator) * 2 - 1) * bound)
+        layers.append((torch.rand(fan_out, generator=generator) * 2 - 1) * bound)
+    return layers
+
+
+def fit_image_field(coords: torch.Tensor, target: torch.Tensor, n_freqs: int, steps: int, width: int = 128,
+                    depth: int = 2, lr: float = 3e-3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit image_field to target colours (N, 3) at coords (N, 2) with full-batch Adam on the mean squared error.
+    Deterministic (fixed initialisation, no sampling). Returns the fitted colours (N, 3) and the PSNR of the fit
+    before each step (steps,), in dB (-10 log10 MSE, images in [0, 1])."""
+    layers = [weight.requires_grad_(True) for weight in init_image_field(n_freqs, width, depth, seed)]
+    optimizer = torch.optim.Adam(layers, lr=lr)
+    curve = []
+    for _ in range(steps):
+        loss = ((image_field(coords, n_freqs, *layers) - target) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        curve.append(-10.0 * torch.log10(loss.detach()))
+    with torch.no_grad():
+        return image_field(coords, n_freqs, *layers), torch.stack(curve)
+
+
 class NeRFField(nn.Module):
     """F(x, d) -> (rgb, sigma). Appendix A / Fig. 7: a ReLU trunk on gamma(x) with a skip connection, sigma
     from the trunk alone (so geometry cannot depend on the view), then one more layer that sees gamma(d)
@@ -204,6 +259,22 @@ def volume_render(sigma: torch.Tensor, rgb: torch.Tensor, t_vals: torch.Tensor, 
     return dict(weights=weights, opacity=weights.sum(dim=-1),  # (R,)
                 color=(weights[..., None] * rgb).sum(dim=1),  # (R, 3)
                 depth=(weights * 0.5 * (t_vals + t_ends)).sum(dim=-1))  # (R,)
+    ### END SOLUTION
+
+
+def transmittance(sigmas: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+    """T_i of Eq. 3, the fraction of light that travels from the start of the ray to sample i unabsorbed:
+
+        T_i = exp(-sum_{j<i} sigma_j delta_j)
+
+    an EXCLUSIVE cumulative sum (sample i's own interval is not in its T_i), so T_1 = 1 always. volume_render
+    above computes the same thing inline; here it stands alone, to be checked by hand on a few numbers.
+    sigmas, deltas: (..., S) densities >= 0 and interval lengths along each ray -> T (..., S) in (0, 1].
+    """
+    ### BEGIN SOLUTION
+    optical_depth = torch.cumsum(sigmas * deltas, dim=-1)  # (..., S) sum_{j<=i}
+    exclusive = torch.cat([torch.zeros_like(optical_depth[..., :1]), optical_depth[..., :-1]], dim=-1)  # sum_{j<i}
+    return torch.exp(-exclusive)
     ### END SOLUTION
 
 

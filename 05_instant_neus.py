@@ -290,6 +290,59 @@ def cell_opacity(f: torch.Tensor, step: float, inv_s: torch.Tensor) -> torch.Ten
 
 
 # ================================================================================================
+# Sphere tracing (Hart 1996): the first zero of an SDF along each ray, by steps of the distance it guarantees free
+# ================================================================================================
+def sphere_trace(sdf_fn, rays_o: torch.Tensor, rays_d: torch.Tensor, near: float, far: float, n_steps: int,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """March each ray from t = near: t <- t + |f(o + t d)| / |d| until |f| < eps (a hit) or t > far (a miss).
+
+    |f(p)| bounds the distance from p to the nearest surface of a true SDF, so a step of |f| along the ray (|f| / |d|
+    in units of t, for rays_d of any length) can never jump over a surface. Stepping by |f| rather than f also finds
+    the first surface from a start inside the shape (f < 0): the ray walks forward to where it leaves it. NeuS
+    itself renders by volume rendering (render_rays); sphere tracing is how a trained SDF is shown without it,
+    e.g. for a depth map of its zero level set.
+    sdf_fn: points (R, 3) -> SDF (R,); rays_o, rays_d (R, 3). Each of the n_steps iterations evaluates the SDF
+    once and first tests, then steps: a ray hits at the first t <= far with |f| < eps; it misses if t passes far
+    or n_steps run out. Returns t (R,) (the hit's t, `far` for a miss) and hit (R,) bool.
+    """
+    ### BEGIN SOLUTION
+    speed = rays_d.norm(dim=-1)  # (R,) |d|: t counts lengths of d
+    t = torch.full_like(rays_o[:, 0], near)  # (R,)
+    hit = torch.zeros_like(t, dtype=torch.bool)  # (R,)
+    for _ in range(n_steps):
+        f = sdf_fn(rays_o + t[:, None] * rays_d)  # (R,)
+        hit = hit | ((f.abs() < eps) & (t <= far))
+        marching = ~hit & (t <= far)  # a ray stops once it hits or passes far
+        if not marching.any():
+            break
+        t = torch.where(marching, t + f.abs() / speed, t)
+    return torch.where(hit, t, torch.full_like(t, far)), hit
+    ### END SOLUTION
+
+
+def primitive_sdf(shape: str, params: torch.Tensor):
+    """The exact SDF of a sphere (params: centre, radius), a plane (unit normal n, offset: n . p - offset) or an
+    axis-aligned box (centre, half sizes), as a function points (R, 3) -> (R,): shapes whose hits are known in
+    closed form, to test sphere_trace."""
+    if shape == "sphere":
+        return lambda p: (p - params[:3]).norm(dim=-1) - params[3]
+    if shape == "plane":
+        return lambda p: p @ params[:3] - params[3]
+    if shape == "box":
+        def box(p):
+            q = (p - params[:3]).abs() - params[3:6]  # (R, 3) per-axis distance outside the slab
+            return q.clamp_min(0.0).norm(dim=-1) + q.max(dim=-1).values.clamp_max(0.0)
+        return box
+    raise ValueError(f"primitive_sdf: shape must be sphere, plane or box, got {shape!r}")
+
+
+def sphere_trace_primitive(shape: str, params: torch.Tensor, rays_o: torch.Tensor, rays_d: torch.Tensor, near: float,
+                           far: float, n_steps: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """sphere_trace on primitive_sdf(shape, params): what the course's grader calls (it can send arrays, not functions)."""
+    return sphere_trace(primitive_sdf(shape, params), rays_o, rays_d, near, far, n_steps, eps)
+
+
+# ================================================================================================
 # Rendering: march the occupancy grid, NeuS opacity per interval, composite (NeRF Eq. 3 with NeuS alphas)
 # ================================================================================================
 def marching_step(cfg: Config) -> float:

@@ -119,7 +119,32 @@ VISIBLE: list[Case] = [
                           [f32(np.linspace(0.3, -0.3, 12)), f32(np.full(12, -1.0)), f32(np.full(12, 0.05)),
                            f32(np.asarray(20.0)), 1.0]),
          what="a ray straight into a plane (cos = -1), cos_anneal_ratio = 1"),
+    Case("image_field", "image_field_one_hidden_layer",
+         lambda rng: Call("01_nerf", "image_field",
+                          [f32(rng.uniform(-1, 1, (6, 2))), 3, *mlp_layers(rng, [14, 8, 3])], grad_wrt=(2, 5)),
+         what="6 pixels, L = 3, one hidden layer of 8 units: the colours and their gradients w.r.t. W_0 and b_1"),
+    Case("transmittance", "transmittance_random_rays",
+         lambda rng: Call("01_nerf", "transmittance", [f32(rng.uniform(0, 2, (4, 8))), f32(rng.uniform(0.05, 0.5, (4, 8)))]),
+         what="4 rays x 8 samples, random densities and interval lengths"),
+    Case("sphere_tracing", "sphere_trace_unit_sphere_hits_and_misses",
+         lambda rng: Call("05_instant_neus", "sphere_trace_primitive",
+                          ["sphere", f32([0.0, 0.0, 0.0, 1.0]), f32(np.tile([0.0, 0.0, -3.0], (6, 1))),
+                           unit(f32(np.stack([[0.0, 0.0, 1.0], [0.1, 0.2, 1.0], [-0.2, 0.1, 1.0], [0.6, 0.0, 1.0],
+                                              [0.0, -0.7, 1.0], [0.3, 0.3, 1.0]]))), 0.0, 10.0, 64, 1e-4]),
+         atol=1e-3, what="the unit sphere from (0, 0, -3): rays at the centre, off it, and past its edge (misses)"),
 ]
+
+
+def mlp_layers(rng, sizes) -> list:
+    """(W_0, b_0, ..., W_K, b_K) of an MLP with the given layer sizes, nn.Linear's layout, random normal / sqrt(fan_in)."""
+    layers = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        layers += [f32(rng.normal(size=(fan_out, fan_in)) / np.sqrt(fan_in)), f32(rng.normal(size=fan_out) * 0.1)]
+    return layers
+
+
+def unit(vectors) -> np.ndarray:
+    return f32(vectors / np.linalg.norm(vectors, axis=-1, keepdims=True))
 
 
 def all_cases(include_hidden: bool = True) -> list[Case]:

@@ -102,6 +102,21 @@ PARTS: tuple[Part, ...] = (
                "slope = -(relu((1 - cos) / 2) (1 - r) + relu(-cos) r), r = cos_anneal_ratio")),),
         ("tests/scripts/test_05_instant_neus.py::test_neus_opacity_of_a_plane_telescopes_to_the_closed_form_and_peaks_at_the_surface",
          "tests/scripts/test_05_instant_neus.py::test_cell_opacity_is_the_opacity_of_a_step_straight_into_the_surface")),
+    Part("image_field", 10, (
+        Region("01_nerf.py", "image_field",
+               ("An image as a field (Eq. 4 of NeRF on 2-D pixel coordinates): rgb = sigmoid(W_K relu(... relu(W_0 "
+                "gamma(x) + b_0) ...) + b_K), gamma = positional_encoding(x, L), layers = (W_0, b_0, ..., W_K, b_K)")),),
+        ("tests/scripts/test_01_nerf.py::test_image_field_is_the_mlp_on_the_encoded_coordinates",
+         "tests/scripts/test_01_nerf.py::test_fitting_an_image_with_positional_encoding_beats_plain_coordinates")),
+    Part("transmittance", 10, (
+        Region("01_nerf.py", "transmittance",
+               "Eq. 3 of NeRF: T_i = exp(-sum_{j<i} sigma_j delta_j), an exclusive cumulative sum, so T_1 = 1"),),
+        ("tests/scripts/test_01_nerf.py::test_transmittance_by_hand_and_as_volume_render_uses_it",)),
+    Part("sphere_tracing", 15, (
+        Region("05_instant_neus.py", "sphere_trace",
+               ("Sphere tracing (Hart 1996): from t = near, test |f(o + t d)| < eps (hit) then step t += |f| / |d|, "
+                "until a hit, t > far or n_steps; return (t of the hit or far, hit)")),),
+        ("tests/scripts/test_05_instant_neus.py::test_sphere_trace_finds_the_closed_form_hits_of_a_sphere_a_plane_and_a_box",)),
 )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from course.cases import Call, Case, f32, intrinsics, look_at, sorted_t
+from course.cases import Call, Case, f32, intrinsics, look_at, mlp_layers, sorted_t, unit
 
 
 def random_camera(rng) -> np.ndarray:
@@ -119,4 +119,89 @@ HIDDEN: list[Case] = [
                           [f32(np.full(8, -2.0)), f32(rng.uniform(-1, 0, 8)), f32(np.full(8, 0.05)),
                            f32(np.asarray(64.0)), 0.0]),
          hidden=True, atol=1e-6, what="deep inside (Phi_s ~ 0): NeuS's 1e-5 guard decides the value"),
+    # image_field: any L (0 = plain coordinates), several hidden layers, gradients w.r.t. the coordinates too;
+    # a short deterministic fit (fixed init, full-batch Adam) with and without positional encoding
+    Case("image_field", "hidden_image_field_two_hidden_layers_random_l",
+         lambda rng: (lambda n_freqs: Call("01_nerf", "image_field",
+                                           [f32(rng.uniform(-1, 1, (9, 2))), n_freqs,
+                                            *mlp_layers(rng, [2 * (1 + 2 * n_freqs), 16, 12, 3])],
+                                           grad_wrt=(0, 2, 7)))(int(rng.integers(0, 7))),
+         weight=2.0, hidden=True, what="random L in 0..6, two hidden layers: colours, gradients w.r.t. x, W_0, b_2"),
+    Case("image_field", "hidden_image_field_fit_with_positional_encoding",
+         lambda rng: Call("01_nerf", "fit_image_field", [*random_image(rng), 4, 60], kwargs=dict(width=32, lr=1e-2)),
+         rtol=1e-3, atol=2e-3, hidden=True, what="60 Adam steps on a 12 x 12 image with L = 4: the fit and its PSNR curve"),
+    Case("image_field", "hidden_image_field_fit_without_positional_encoding",
+         lambda rng: Call("01_nerf", "fit_image_field", [*random_image(rng), 0, 60], kwargs=dict(width=32, lr=1e-2)),
+         rtol=1e-3, atol=2e-3, hidden=True, what="the same fit on the plain coordinates (L = 0)"),
+    # transmittance: leading dimensions, gradients, empty and opaque rays
+    Case("transmittance", "hidden_transmittance_batched_with_gradients",
+         lambda rng: Call("01_nerf", "transmittance",
+                          [f32(rng.exponential(1.0, (2, 3, 9))), f32(rng.uniform(0.01, 0.6, (2, 3, 9)))], grad_wrt=(0, 1)),
+         weight=2.0, hidden=True, what="leading dims (2, 3), 9 samples: T and its gradients w.r.t. sigma and delta"),
+    Case("transmittance", "hidden_transmittance_empty_opaque_and_random_rays",
+         lambda rng: Call("01_nerf", "transmittance",
+                          [f32(np.stack([np.zeros(6), np.concatenate([rng.uniform(0, 1, 2), [1e4], rng.uniform(0, 1, 3)]),
+                                         rng.uniform(0, 3, 6)])), f32(rng.uniform(0.1, 0.4, (3, 6)))]),
+         atol=1e-6, hidden=True, what="an empty ray (T = 1), an opaque sample (T = 0 behind it only), a random ray"),
+    # sphere_tracing: random spheres, planes and boxes with closed-form hits, misses, starts inside, |d| != 1
+    Case("sphere_tracing", "hidden_sphere_trace_random_sphere_unnormalised_directions",
+         lambda rng: (lambda radius: trace_at(rng, "sphere", f32([*rng.normal(size=3) * 0.3, radius]), radius, radius,
+                                              scale=True))(float(rng.uniform(0.5, 1.0))),
+         weight=2.0, atol=1e-3, hidden=True,
+         what="a random sphere, rays from outside that pass through it or well clear of it, |d| from 0.5 to 2"),
+    Case("sphere_tracing", "hidden_sphere_trace_plane_and_parallel_rays",
+         lambda rng: plane_rays(rng), atol=1e-3, hidden=True,
+         what="a random plane: rays towards it, away from it and parallel to it (misses), a far plane cut by far"),
+    Case("sphere_tracing", "hidden_sphere_trace_box_from_outside_and_inside",
+         lambda rng: box_rays(rng), weight=2.0, atol=1e-3, hidden=True,
+         what="an axis-aligned box: rays from outside (hits and misses) and from inside (the exit face)"),
 ]
+
+
+def random_image(rng, res=12):
+    """Pixel centres in [-1, 1]^2 (res^2, 2) and a random smooth-plus-edges colour image (res^2, 3)."""
+    lin = (np.arange(res) + 0.5) / res * 2 - 1
+    yy, xx = np.meshgrid(lin, lin, indexing="ij")
+    freq = rng.uniform(2, 5, 3)
+    image = np.stack([(np.floor((xx + 1) * freq[0]) + np.floor((yy + 1) * freq[0])) % 2,
+                      0.5 + 0.5 * np.cos(np.pi * freq[1] * np.hypot(xx, yy)),
+                      0.5 + 0.5 * np.sin(np.pi * freq[2] * xx * yy)], -1)
+    return f32(np.stack([xx, yy], -1).reshape(-1, 2)), f32(image.reshape(-1, 3))
+
+
+def trace_at(rng, shape, params, hit_within, miss_beyond, scale=False, n=10):
+    """n rays in random directions that pass the shape's centre (params[:3]) at a chosen closest distance: alternately
+    0.6 of `hit_within` (inside a sphere the shape contains: a hit) and 1.3 of `miss_beyond` (outside a sphere that
+    contains the shape: a miss), starting 4 units before that point. No ray grazes the silhouette, where sphere
+    tracing needs many steps and the step count would decide the answer."""
+    centre = params[:3].astype(np.float64)
+    directions = unit(rng.normal(size=(n, 3))).astype(np.float64)
+    sideways = rng.normal(size=(n, 3))
+    sideways = unit(sideways - (sideways * directions).sum(-1, keepdims=True) * directions)  # perpendicular to d
+    closest = np.where(np.arange(n) % 2 == 0, 0.6 * hit_within, 1.3 * miss_beyond)[:, None]
+    origins = centre + closest * sideways - 4.0 * directions
+    if scale:
+        directions = directions * rng.uniform(0.5, 2.0, (n, 1))
+    return Call("05_instant_neus", "sphere_trace_primitive",
+                [shape, params, f32(origins), f32(directions), 0.0, 12.0, 128, 1e-4])
+
+
+def plane_rays(rng):
+    normal = unit(rng.normal(size=3))
+    offset = float(rng.uniform(-0.5, 0.5))
+    tangent = unit(np.cross(normal, rng.normal(size=3)))
+    heights = np.array([1.0, 2.0, 0.5, 3.0, 1.5, 9.0])  # above the plane; the last one hits beyond far = 6
+    origins = (offset + heights[:, None]) * normal + np.cross(normal, tangent) * rng.normal(size=(6, 1))
+    down = [unit(-normal + tangent * rng.uniform(-0.8, 0.8)) for _ in range(3)]
+    directions = np.stack([*down, normal, tangent, -normal])  # 3 towards the plane, one away, one parallel, one far
+    return Call("05_instant_neus", "sphere_trace_primitive",
+                ["plane", f32([*normal, offset]), f32(origins), f32(directions), 0.0, 6.0, 64, 1e-4])
+
+
+def box_rays(rng):
+    centre, half = rng.normal(size=3) * 0.2, rng.uniform(0.4, 1.0, 3)
+    call = trace_at(rng, "box", f32([*centre, *half]), float(np.min(half)), float(np.linalg.norm(half)), n=8)
+    inside = centre + rng.uniform(-0.5, 0.5, (4, 3)) * half  # starts inside: the ray leaves through a face
+    call.args[2] = f32(np.concatenate([call.args[2], inside]))
+    call.args[3] = f32(np.concatenate([call.args[3], unit(rng.normal(size=(4, 3)))]))
+    return call
