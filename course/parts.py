@@ -111,7 +111,7 @@ PARTS: tuple[Part, ...] = (
     Part("transmittance", 10, (
         Region("01_nerf.py", "transmittance",
                "Eq. 3 of NeRF: T_i = exp(-sum_{j<i} sigma_j delta_j), an exclusive cumulative sum, so T_1 = 1"),),
-        ("tests/scripts/test_01_nerf.py::test_transmittance_by_hand_and_as_volume_render_uses_it",)),
+        ("tests/scripts/test_01_nerf.py::test_transmittance_by_hand_is_the_product_of_the_survival_of_each_interval_before",)),
     Part("sphere_tracing", 15, (
         Region("05_instant_neus.py", "sphere_trace",
                ("Sphere tracing (Hart 1996): from t = near, test |f(o + t d)| < eps (hit) then step t += |f| / |d|, "

@@ -167,3 +167,34 @@ def test_builtin_surface_scores_measure_what_they_say(neus):
     assert exact["completeness"] == pytest.approx(exact["completeness_floor"], rel=0.15), exact
     moved = neus.builtin_surface_scores(vertices + np.array([0.05, 0.0, 0.0]), faces, 8000)
     assert 0.015 < moved["accuracy"] < 0.05, moved  # a shift of 0.05 along x: |f*| between 0 and 0.05 (the normal's x part)
+
+
+def test_sphere_trace_finds_the_closed_form_hits_of_a_sphere_a_plane_and_a_box(neus):
+    """Sphere tracing against the closed forms (float64): a unit sphere seen from z = -3 at impact distance b is hit
+    at t = 3 - sqrt(1 - b^2) and missed for b > 1; a plane at height h is hit at t = h / cos of the angle to its
+    normal, missed by rays parallel to it or going away; from inside a box the ray leaves through the face it meets
+    first; rays_d of any length (t counts lengths of d); a hit beyond far is a miss."""
+    impacts = torch.tensor([0.0, 0.3, 0.8, 1.2, 2.0], dtype=torch.float64)
+    origins = torch.stack([impacts, torch.zeros(5, dtype=torch.float64), torch.full((5,), -3.0, dtype=torch.float64)], -1)
+    directions = torch.tensor([0.0, 0.0, 2.0], dtype=torch.float64).expand(5, 3)  # |d| = 2: t halves
+    sphere = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    t, hit = neus.sphere_trace(neus.primitive_sdf("sphere", sphere), origins, directions, 0.0, 5.0, 100, 1e-7)
+    assert hit.tolist() == [True, True, True, False, False]
+    torch.testing.assert_close(t[:3], (3.0 - torch.sqrt(1.0 - impacts[:3] ** 2)) / 2.0, rtol=0, atol=1e-6)
+    assert t[3:].tolist() == [5.0, 5.0]  # a miss reports far
+
+    plane = torch.tensor([0.0, 0.0, 1.0, -0.5], dtype=torch.float64)  # z = -0.5
+    origins = torch.tensor([[0.0, 0.0, 1.5]] * 4 + [[0.0, 0.0, 9.5]], dtype=torch.float64)  # 2 above it (10 for the last)
+    angles = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    down = torch.stack([torch.sin(angles), torch.zeros(3, dtype=torch.float64), -torch.cos(angles)], -1)
+    directions = torch.cat([down, torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0]], dtype=torch.float64)])
+    t, hit = neus.sphere_trace(neus.primitive_sdf("plane", plane), origins, directions, 0.0, 6.0, 100, 1e-7)
+    assert hit.tolist() == [True, True, True, False, False]  # parallel, and the last plane is 10 away with far = 6
+    torch.testing.assert_close(t[:3], 2.0 / torch.cos(angles), rtol=0, atol=1e-6)
+
+    box = torch.tensor([0.0, 0.0, 0.0, 1.0, 0.5, 0.25], dtype=torch.float64)
+    inside = torch.tensor([[0.2, 0.1, 0.0], [0.0, 0.0, 0.0], [-3.0, 0.0, 0.0]], dtype=torch.float64)
+    directions = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    t, hit = neus.sphere_trace(neus.primitive_sdf("box", box), inside, directions, 0.0, 10.0, 100, 1e-7)
+    assert hit.all()
+    torch.testing.assert_close(t, torch.tensor([0.8, 0.5, 2.0], dtype=torch.float64), rtol=0, atol=1e-6)
