@@ -75,7 +75,7 @@ for _d in ("/out", ".", "..", "/tmp", {str(context['grades'])!r}, {str(context['
     try:
         for _i in range(200):
             _n.savez(_o.path.join(_d, f"{{_i}}.npz"), out=_n.zeros(3), weights=_n.zeros(3))
-        _r = dict(student={folder.name!r}, total=140, max_total=140, score=140)
+        _r = dict(student={folder.name!r}, total=175, max_total=175, score=175)
         for _f in ("record.json", "results.json", "grades.json"):
             open(_o.path.join(_d, _f), "w").write(_j.dumps(_r))
         open(_o.path.join(_d, "grades.csv"), "a").write("{folder.name},140\\n")
