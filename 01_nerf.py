@@ -97,7 +97,9 @@ PRESETS = {
 # Model: positional encoding (Eq. 4) and the radiance-field MLP (Fig. 7)
 # ================================================================================================
 def positional_encoding(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
-    """gamma(p) = (p, sin(2^0 p), cos(2^0 p), ..., sin(2^(L-1) p), cos(2^(L-1) p)) per coordinate: Eq. 4.
+    """gamma(p) = (p, sin(2^0 p), cos(2^0 p), ..., sin(2^(L-1) p), cos(2^(L-1) p)): Eq. 4, applied to every
+    coordinate of p and laid out frequency by frequency: each term is a whole D-vector (all coordinates' sines
+    at 2^0, then their cosines at 2^0, then 2^1, ...), the layout of the authors' code.
 
     The paper writes 2^k * pi * p; the authors' code (and ours) drops the pi, because scene coordinates are
     not normalised to [-1, 1] and the extra factor would alias the highest frequencies. The identity is kept

@@ -12,8 +12,8 @@ and reasons about the whole volume each sample stands for:
     frequencies whose period is smaller than the frustum fade to 0, so the MLP sees its input at the scale of the
     pixel, and one model renders well at every resolution;
   * one MLP is queried at both levels (NeRF trains two), with 128 + 128 samples; the fine samples are drawn from
-    the coarse weights after a 2-tap max, a 2-tap blur and a floor of 0.01 (Sec. 3.2), and the fine level uses
-    only those (it does not merge the coarse samples in).
+    the coarse weights after a 2-tap max, a 2-tap blur and 0.01 added to every weight (Sec. 3.2), and the fine
+    level uses only those (it does not merge the coarse samples in).
 Data: Blender scenes as in 01; their multiscale version (`--multiscale`: every image at 1, 1/2, 1/4, 1/8 resolution,
 common/data/multiscale.py), and LLFF forward-facing captures rendered in NDC with cylinders instead of cones
 (common/data/llff.py). Shared plumbing lives in common/, compositing and inverse-CDF sampling in kernels/.
@@ -203,8 +203,10 @@ def cast_pixel_rays(K: torch.Tensor, c2w: torch.Tensor, u: torch.Tensor, v: torc
 
 
 def safe_sin(x: torch.Tensor) -> torch.Tensor:
-    """sin(x), with |x| > 100 pi first reduced modulo 100 pi (an exact multiple of 2 pi): float32 sin of a huge
-    argument loses its digits, and 2^15 times a coordinate gets large (mip-NeRF's `safe_sin`)."""
+    """sin(x), with |x| >= 100 pi first reduced modulo 100 pi (a multiple of 2 pi, so sin is unchanged up to
+    float32 rounding). mip-NeRF's `safe_sin` does this because "jnp.sin() on a TPU may NaN out for large values"
+    (its comment); PyTorch's sin on a CPU or GPU does not, so here it only keeps the two implementations
+    computing the same numbers."""
     wrap = 100 * math.pi
     return torch.sin(torch.where(x.abs() < wrap, x, torch.remainder(x, wrap)))
 
@@ -237,7 +239,8 @@ def positional_encoding(x: torch.Tensor, min_deg: int, max_deg: int, append_iden
 class MipMLP(nn.Module):
     """One MLP for both levels (google/mipnerf models.py `MLP`): a ReLU trunk on IPE(x) with a skip connection,
     density from the trunk, then a bottleneck joined with PE(d) through one narrower layer for the colour.
-    Every layer starts from Glorot-uniform weights and zero biases (flax's defaults, the authors' choice)."""
+    Every layer starts from Glorot-uniform weights and zero biases: mip-NeRF's MLP sets glorot_uniform itself
+    (flax's own default for Dense kernels is LeCun-normal); zero biases are flax's default."""
 
     def __init__(self, cfg: Config):
         super().__init__()

@@ -9,7 +9,8 @@ INPUT is a folder of photographs (.jpg, .jpeg, .png, sorted by name) or a video 
      so this drops the blurry frames). Photos are all kept.
   2. images: every image is reduced by the smallest integer factor that brings its long side to --max_size or
      less (area averaging, `common.data.scene.downscale_area`) and written to FOLDER/images/ as PNG. Structure from
-     motion runs on these copies, so the intrinsics it finds are those of the images the scripts train on.
+     motion runs on these copies, so the intrinsics it finds are those of the images the scripts train on. (A
+     video's frames are reduced as they are kept, under the bar "keep".)
   3. features: SIFT keypoints of every image (COLMAP via pycolmap, on the CPU), one camera shared by all images
      (one phone, one zoom) with the --camera_model lens (OPENCV: k1, k2, p1, p2, the model common/rays.py undoes).
   4. matching: every pair of images (exhaustive) for photos up to --exhaustive_max of them; for a video, or more
@@ -22,8 +23,8 @@ INPUT is a folder of photographs (.jpg, .jpeg, .png, sorted by name) or a video 
      distortion; scale 1 and offset 0.5 so that its positions are read as written), beside FOLDER/images/,
      FOLDER/colmap/ (the database and the sparse model, in COLMAP's own frame) and FOLDER/reconstruction.png
      (the cameras as frustums and the sparse points).
-Everything is written into a temporary folder beside FOLDER and renamed to FOLDER at the end: a failed or
-interrupted run leaves no half-written scene. Errors (no images, an unreadable image, mixed sizes, a video
+Everything is written into a temporary folder beside FOLDER and renamed to FOLDER at the end: a failed run, or
+one stopped by Ctrl-C, leaves no half-written scene (a killed process leaves its hidden .FOLDER.partial-<pid>). Errors (no images, an unreadable image, mixed sizes, a video
 without frames, too few images registered) are one line naming the file and the fix, exit status 2.
 
 Then: `python 03_mipnerf360.py --scene FOLDER` (any script reads it; README, "Your own capture").

@@ -26,7 +26,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common.errors import UserError, writing
+from common.errors import UserError, warn, writing
+from common.memory import error_reason, free_memory, out_of_memory_errors, smallest
 
 
 def grid_points(aabb, resolution: int) -> torch.Tensor:
@@ -48,19 +49,35 @@ def sample_grid(fn: Callable[[torch.Tensor], torch.Tensor], aabb, resolution: in
 
     fn: (P, 3) float32 points (on `device`) -> (P,) values (e.g. a density or an SDF); aabb: (2, 3).
     Returns values (res, res, res) float32 numpy, values[i, j, k] = fn(node (i, j, k)) (see `grid_points`).
-    Memory: one chunk of points and values at a time, plus the result (res^3 floats: 64 MiB at 256^3).
+    Memory: one chunk of points and values at a time, plus the result (res^3 floats: 64 MiB at 256^3). A GPU
+    out-of-memory error halves the chunk (one warning line) and evaluates that chunk again, down to
+    common.memory.SMALLEST_RAYS points; then a one-line UserError (as the renders do, common/memory.py).
     """
     points = grid_points(aabb, resolution).reshape(-1, 3)  # (res^3, 3)
     values = np.empty(points.shape[0], dtype=np.float32)
+    floor, start = smallest(chunk), 0
     with torch.no_grad():
-        for start in range(0, points.shape[0], chunk):
+        while start < points.shape[0]:
             batch = points[start:start + chunk]
             if device is not None:
                 batch = batch.to(device)
-            out = fn(batch).reshape(-1)
-            if out.shape[0] != batch.shape[0]:
-                raise ValueError(f"fn must return one value per point: got {tuple(out.shape)} for {batch.shape[0]} points")
-            values[start:start + chunk] = out.float().cpu().numpy()
+            try:
+                out = fn(batch).reshape(-1)
+            except out_of_memory_errors() as err:
+                reason = error_reason(err)
+            else:
+                if out.shape[0] != batch.shape[0]:
+                    raise ValueError(f"fn must return one value per point: got {tuple(out.shape)} for {batch.shape[0]} points")
+                values[start:start + chunk] = out.float().cpu().numpy()
+                start += chunk
+                continue
+            del batch
+            free_memory()
+            if chunk <= floor:
+                raise UserError(f"GPU out of memory evaluating the mesh grid even at {chunk} points at a time ({reason}):"
+                                f" lower --mesh_resolution or use a GPU with more memory; the checkpoints are kept")
+            chunk = max(floor, chunk // 2)
+            warn(f"GPU out of memory evaluating the mesh grid ({reason}): going on with {chunk} points at a time")
     return values.reshape(resolution, resolution, resolution)
 
 

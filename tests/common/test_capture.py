@@ -136,3 +136,34 @@ def test_command_line_exits_2_with_one_line(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
     with pytest.raises(UserError, match="--radius"):
         main([str(empty), "--out", "o", "--radius", "0"])
+
+
+def test_every_numeric_option_has_a_range():
+    from common.cli import unranged_numeric_fields
+
+    assert unranged_numeric_fields(Config) == []
+
+
+def test_video_capture_poses_the_sharp_frames(tmp_path):
+    """A video input end to end (frame choice, sequential matching): each of the 12 views appears twice, blurred
+    then sharp; --frames 12 keeps the sharp one of each pair, and the poses come back as from the photos."""
+    pytest.importorskip("pycolmap", reason="pycolmap is not installed (pip install -r requirements-capture.txt)")
+    import imageio.v2 as imageio
+
+    c2w = known_cameras()
+    writer = imageio.get_writer(tmp_path / "walk.mp4", fps=4, format="ffmpeg", quality=10, macro_block_size=8)
+    for pose in c2w:
+        sharp = render_textured(pose)
+        blurred = sharp.copy()
+        for _ in range(4):
+            blurred = (blurred + np.roll(blurred, 1, 0) + np.roll(blurred, -1, 0) + np.roll(blurred, 1, 1)
+                       + np.roll(blurred, -1, 1)) / 5
+        for image in (blurred, sharp):
+            writer.append_data((image * 255 + 0.5).astype(np.uint8))
+    writer.close()
+    out = capture(_config(tmp_path / "walk.mp4", tmp_path / "scene", frames=12))
+    meta = json.loads((out / "transforms.json").read_text())
+    assert [f["original"] for f in meta["frames"]] == [f"frame_{2 * i + 1:06d}" for i in range(12)]
+    found = torch.tensor([f["transform_matrix"] for f in meta["frames"]], dtype=torch.float64)
+    rotation_deg, position = pose_errors(found, c2w.double())
+    assert np.median(rotation_deg) < 1.0 and np.median(position / 2.9) < 0.02, (rotation_deg, position)
