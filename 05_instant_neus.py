@@ -23,7 +23,7 @@ For NeuS/DTU data the scene frame is already the unit sphere of cameras_sphere.n
 go on to world units with its scale_mat.
 
     python 05_instant_neus.py                                  # built-in scene (CPU preset on a CPU)
-    python 05_instant_neus.py --quick                          # 80 s of CPU time; 26 dB, Chamfer 0.4% of the diagonal
+    python 05_instant_neus.py --quick                          # 84 s on 2 cores; 26.6 dB, Chamfer 0.3% of the diagonal
     python 05_instant_neus.py --scene ../shared/data/dtu_scan24 --downscale 8   # DTU, NeuS layout
     python 05_instant_neus.py --scene <folder> --calc_bbox     # print the object's box for --bbox
     python 05_instant_neus.py --outdir runs/x --export_mesh --mesh_resolution 512  # mesh of a run's checkpoint
@@ -154,8 +154,9 @@ PRESETS = {
                 level_every=300, anneal_end=1000, warmup_iters=100, grid_warmup=64, grid_update_every=8,
                 grid_decay=0.8, curvature_warmup=500, mesh_resolution=256, ckpt_every=1000, video_frames=40,
                 log_every=25),
-    # The learns-test: 80 s of CPU time on one thread (emulated backend), 26.1 dB on 4 test views, mesh Chamfer 0.42% of
-    # the object's diagonal (benchmarks/results/quick-05_instant_neus-*.json).
+    # The learns-test: 61 s of training on the idle 2-core machine, 26.6 dB on 4 test views
+    # (benchmarks/results/quick-presets-cpu-amd-epyc-2026-12-03-2029.json); its 128^3 mesh: accuracy 0.0075,
+    # completeness 0.0124 (floor 0.0086), Chamfer 0.30% of the object's diagonal (README).
     "quick": dict(iters=500, n_levels=8, log2_table_size=15, base_resolution=16, max_resolution=256,
                   grid_resolution=32, steps_per_diagonal=128, max_samples=128, batch_rays=512, start_level=4,
                   level_every=80, anneal_end=200, warmup_iters=50, grid_warmup=32, grid_update_every=8,
