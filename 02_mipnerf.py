@@ -44,6 +44,8 @@ from common.data.multiscale import build_multiscale, evaluate_levels, levels_of,
 from common.data.scene import composite_on_background
 from common.errors import UserError
 from common.evaluation import check_model_learned
+from common.lpips import load_lpips
+from common.memory import views_surviving_out_of_memory
 from common.mesh import marching_cubes, sample_grid, write_ply
 from common.metrics import mse_to_psnr
 from common.numerics import DIVISION_EPS, safe_normalize
@@ -61,6 +63,8 @@ from kernels.sampling import sample_pdf
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("object", "forward-facing")  # the captures this lesson suits (Blender scenes and LLFF in NDC, as the paper); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
     """mip-NeRF (Barron et al. 2021) on one scene. Defaults are the paper's (google/mipnerf); presets size it for a CPU."""
@@ -461,8 +465,9 @@ def train(cfg: Config) -> dict:
                                progress=False)["mean_psnr"]
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
-    with TrainingRun(cfg, "02_mipnerf", scene, device, backend, save_state, load_state, validate) as run:
-        for step in run.steps():
+    with TrainingRun(cfg, "02_mipnerf", scene, device, backend, save_state, load_state, validate,
+                     render=render_view_fn) as run:
+        def training_step(step: int) -> None:  # one step of the loop below
             # Rays from all pixels of all images (and scales) at once: the authors' batching for LLFF and multiscale
             # data; for single-scale Blender they draw each batch from one image, we do not.
             batch = sample_pixels(train_levels, cfg.batch_rays, generator)
@@ -488,6 +493,9 @@ def train(cfg: Config) -> dict:
             scaler.step(optimizer)
             scaler.update()
             run.log(step, loss=loss.item(), psnr=mse_to_psnr(loss_fine.item()), lr=lr)
+
+        for step in run.steps():  # a GPU out-of-memory error halves the rays per step and runs the step again
+            run.train_step(training_step, step, optimizer)
 
     outdir = Path(cfg.outdir)
     metrics = evaluate(render_view_fn, scene, outdir, cfg, iters=run.step, backend=backend, device=str(device),
@@ -520,8 +528,8 @@ def make_view_renderer(mlp: MipMLP, scene, cfg: Config, backend: str, ray_shape:
         u, v = cols.reshape(-1) + 0.5, rows.reshape(-1) + 0.5  # (H*W,) pixel centres, row-major
         origins, directions, viewdirs, radii = cast_pixel_rays(K, c2w, u, v, ndc_near)
         outputs = {"rgb": [], "depth": [], "opacity": []}
-        for start in range(0, H * W, cfg.chunk):
-            part = slice(start, start + cfg.chunk)
+        for start in range(0, H * W, render_view_fn.chunk):  # halved on GPU out of memory (common/memory.py)
+            part = slice(start, start + render_view_fn.chunk)
             rays = dict(origins=origins[part].to(device), directions=directions[part].to(device),
                         viewdirs=viewdirs[part].to(device), radii=radii[part].to(device))
             out = render_rays(mlp, rays, scene.near, scene.far, cfg, backend, ray_shape, background, randomized=False)
@@ -529,14 +537,16 @@ def make_view_renderer(mlp: MipMLP, scene, cfg: Config, backend: str, ray_shape:
                 outputs[key].append(out[key].cpu())
         return {key: torch.cat(value).reshape(H, W, *value[0].shape[1:]) for key, value in outputs.items()}
 
-    return render_view_fn
+    render_view_fn.chunk = cfg.chunk
+    return views_surviving_out_of_memory(render_view_fn)
 
 
 def evaluate(render_view_fn, scene, outdir: Path, cfg: Config, **facts) -> dict:
-    """PSNR and SSIM of the test views at every scale (one scale for single-scale scenes) -> <outdir>/test."""
+    """PSNR, SSIM and LPIPS of the test views at every scale (one scale for single-scale scenes) -> <outdir>/test."""
     metrics = evaluate_levels(render_view_fn, levels_of(scene, "test"), outdir / "test",
                               n_views=cfg.n_test_views or None, background=1.0 if scene.white_background else 0.0,
-                              near=scene.near, far=scene.far, scene=scene.name, **facts)
+                              near=scene.near, far=scene.far, lpips_fn=load_lpips(cfg.lpips_weights),
+                              scene=scene.name, **facts)
     scales = ", ".join(f"1/{2 ** s['label']}: {s['psnr']:.2f}" for s in metrics["per_scale"])
     print(f"test: PSNR {metrics['mean_psnr']:.2f} dB, SSIM {metrics['mean_ssim']:.4f} "
           f"({scales}) -> {outdir / 'test'}")

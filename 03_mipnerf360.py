@@ -67,6 +67,8 @@ PAPER_BATCH_RAYS = 16384
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("unbounded", "object")  # the captures this lesson suits (the scene contraction is made for backgrounds at every distance); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
     """mip-NeRF 360 (Barron et al. 2022) on one scene. The defaults are multinerf's 360.gin (the paper's), with
@@ -624,8 +626,9 @@ def train(cfg: Config) -> dict:
                               progress=False)["mean_psnr"]
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
-    with TrainingRun(cfg, "03_mipnerf360", scene, device, backend, save_state, load_state, validate) as run:
-        for step in run.steps():
+    with TrainingRun(cfg, "03_mipnerf360", scene, device, backend, save_state, load_state, validate,
+                     render=render_fn) as run:
+        def training_step(step: int) -> None:  # one step of the loop below
             rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator)
             rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
             target_rgb = composite_on_background(target, background)
@@ -653,9 +656,13 @@ def train(cfg: Config) -> dict:
             run.log(step, loss=losses["loss"].item(), psnr=mse_to_psnr(F.mse_loss(out["rgb"].detach(), target_rgb).item()),
                     lr=lr)
 
+        for step in run.steps():  # a GPU out-of-memory error halves the rays per step and runs the step again
+            run.train_step(training_step, step, optimizer)
+
     metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, 0, background,
                                camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
-                               preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check)
+                               preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check,
+                               lpips_weights=cfg.lpips_weights)
     if cfg.video_frames > 0:  # an orbit and a spiral, each in colour and depth
         videos = render_videos(render_fn, scene, Path(cfg.outdir), cfg.video_frames)
         print("videos: " + ", ".join(str(v) for v in videos))

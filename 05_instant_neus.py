@@ -81,6 +81,8 @@ MAX_ALPHA = 1.0 - 1e-6
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("object",)  # the captures this lesson suits (one surface inside the unit sphere, the background masked); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
     """Instant-NeuS: NeuS (Wang et al. 2021) on a hash grid. Defaults follow instant-nsr-pl / Jittor Instant-NeuS;
@@ -484,8 +486,9 @@ def train(cfg: Config) -> dict:
                               progress=False)["mean_psnr"]
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
-    with TrainingRun(cfg, "05_instant_neus", scene, device, backend, save_state, load_state, validate) as run:
-        for step in run.steps():
+    with TrainingRun(cfg, "05_instant_neus", scene, device, backend, save_state, load_state, validate,
+                     render=render_fn) as run:
+        def training_step(step: int) -> None:  # one step of the loop below
             field_.active_levels = active_levels(cfg, step)  # progressive levels
             if step % cfg.grid_update_every == 0:
                 update_grid(grid, field_, hull, cfg, step, generator, backend)
@@ -521,6 +524,9 @@ def train(cfg: Config) -> dict:
                                        occupancy=round(grid.occupancy_fraction(), 4),
                                        inv_s=round(field_.inv_s().item(), 2), levels=field_.active_levels))
 
+        for step in run.steps():  # a GPU out-of-memory error halves the rays per step and runs the step again
+            run.train_step(training_step, step, optimizer)
+
     if cfg.export_mesh:  # --export_mesh --outdir <run>: only the mesh of its latest checkpoint
         # First one test view against a constant image: a dead model's SDF would mesh into a huge shapeless file.
         check_model_learned(evaluate_split(render_fn, scene.splits["test"], None, n_views=1, background=test_background,
@@ -529,7 +535,8 @@ def train(cfg: Config) -> dict:
         return extract_and_score_mesh(field_, frame, scene, cfg, backend, device, Path(cfg.outdir) / "mesh.ply")
     metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, test_background,
                                camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
-                               preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check)
+                               preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check,
+                               lpips_weights=cfg.lpips_weights)
     render_normals(render_fn, scene, Path(cfg.outdir), cfg)
     metrics.update(extract_and_score_mesh(field_, frame, scene, cfg, backend, device, Path(cfg.outdir) / "mesh.ply"))
     write_json(Path(cfg.outdir) / "test" / "metrics.json", metrics)

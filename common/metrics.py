@@ -1,4 +1,4 @@
-"""Image quality metrics of the NeRF papers: PSNR and SSIM (LPIPS needs a network and is left out).
+"""Image quality metrics of the NeRF papers: PSNR and SSIM (LPIPS needs a network: common/lpips.py).
 
 Images are float in [0, 1] (data range 1), (H, W, 3) tensors or numpy arrays; results are Python floats.
 """

@@ -252,17 +252,24 @@ def sample_pixels(levels: list[Level], n_rays: int, generator: torch.Generator) 
 
 def evaluate_levels(render_view_fn, levels: list[Level], outdir: Path | None, n_views: int | None = None,
                     background: float = 1.0, near: float | None = None, far: float | None = None,
-                    progress: bool = True, **facts) -> dict:
-    """Render and score the views of every level: PSNR and SSIM per view, per level and their mean.
+                    progress: bool = True, lpips_fn=None, **facts) -> dict:
+    """Render and score the views of every level: PSNR, SSIM and LPIPS per view, per level and their mean.
 
     render_view_fn(K (3, 3), c2w (4, 4), H, W) -> {'rgb': (H, W, 3), 'depth': (H, W), ...} on the CPU.
     n_views: views per level (spread evenly; None = all). With `outdir`: rgb/gt/depth PNGs per view
     (`rgb_<view>_d<label>.png`) and metrics.json. Returns {'mean_psnr', 'mean_ssim' (the mean over levels of
     each level's mean, as mip-NeRF's tables average the four scales), 'constant_psnr' (the same mean of what
     each view's mean colour scores: the bar of common.evaluation.check_model_learned), 'per_scale': [{'label',
-    'width', 'height', 'psnr', 'ssim', 'constant_psnr', 'n_views'}], 'views': [...], **facts}.
+    'width', 'height', 'psnr', 'ssim', 'lpips', 'constant_psnr', 'n_views'}], 'views': [...], 'mean_lpips',
+    'eval_s', 'peak_rss_mib', 'peak_gpu_mib' (as in common.evaluation.evaluate_split), **facts}. LPIPS (given
+    `lpips_fn`) is None for images under 31 px (AlexNet's smallest input); 'mean_lpips' is the mean over the levels
+    that have one.
     """
-    from common.evaluation import view_indices
+    import time
+
+    from common.evaluation import mean_lpips, peak_memory, view_indices
+
+    start = time.perf_counter()
 
     if outdir is not None:
         Path(outdir).mkdir(parents=True, exist_ok=True)
@@ -278,6 +285,7 @@ def evaluate_levels(render_view_fn, levels: list[Level], outdir: Path | None, n_
             pred = out["rgb"].clamp(0.0, 1.0)
             scored.append(dict(file=split.files[index], label=level.label, psnr=psnr(pred, gt),
                                ssim=ssim(pred, gt) if min(pred.shape[:2]) >= 11 else float("nan"),
+                               lpips=None if lpips_fn is None else lpips_fn(pred, gt),
                                constant_psnr=constant_image_psnr(gt)))
             if outdir is not None:
                 tag = f"{index:03d}_d{level.label}" if len(levels) > 1 else f"{index:03d}"
@@ -288,14 +296,19 @@ def evaluate_levels(render_view_fn, levels: list[Level], outdir: Path | None, n_
                 save_image(Path(outdir) / f"depth_{tag}.png", colorize_depth(out["depth"], lo, hi))
         per_scale.append(dict(label=level.label, width=cams.width, height=cams.height, n_views=len(scored),
                               psnr=float(np.mean([v["psnr"] for v in scored])),
-                              ssim=float(np.mean([v["ssim"] for v in scored])),
+                              ssim=float(np.mean([v["ssim"] for v in scored])), lpips=mean_lpips(scored),
                               constant_psnr=float(np.mean([v["constant_psnr"] for v in scored]))))
         views += scored
     metrics = dict(split=levels[0].split.name,
                    mean_psnr=float(np.mean([s["psnr"] for s in per_scale])),
                    mean_ssim=float(np.mean([s["ssim"] for s in per_scale])),
+                   mean_lpips=mean_lpips(per_scale),
                    constant_psnr=float(np.mean([s["constant_psnr"] for s in per_scale])),
+                   eval_s=round(time.perf_counter() - start, 3), **peak_memory(),
                    per_scale=per_scale, views=views, **facts)
+    renderer = getattr(render_view_fn, "wrapped", render_view_fn)  # common.memory.views_surviving_out_of_memory
+    if hasattr(renderer, "chunk_at_start"):  # halved after a GPU out-of-memory error
+        metrics["chunk_after_out_of_memory"] = dict(before=renderer.chunk_at_start, after=renderer.chunk)
     if outdir is not None:
         write_json(Path(outdir) / "metrics.json", metrics)
     return metrics
