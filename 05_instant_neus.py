@@ -136,6 +136,7 @@ class Config(RunConfig):
     mesh_resolution: int = field(default=512, metadata={"help": "marching-cubes grid per side (NeuS: 512)", "min": 2})
     export_mesh: bool = field(default=False, metadata={"help": "no training: mesh the latest checkpoint of --outdir (rebuilt from its saved config) into <outdir>/mesh.ply"})
     chamfer_points: int = field(default=100_000, metadata={"help": "points sampled on the mesh and the reference for Chamfer", "min": 1})
+    dtu_gt: Optional[str] = field(default=None, metadata={"help": "folder of DTU's ground truth (ObsMask/ and Points/ of the DTU MVS 2014 downloads): a DTU scene's mesh is then scored with DTU's protocol (common/dtu_eval.py; the scan number from the scene folder's name, e.g. dtu_scan24)"})
 
     def check(self) -> None:
         """Settings that depend on each other, checked once after parsing (common/cli.py, parse_config)."""
@@ -638,9 +639,22 @@ def extract_and_score_mesh(field_, frame, scene, cfg: Config, backend: str, devi
               f"completeness {result['completeness']:.4f} (exact-surface samples to mesh samples; two samplings of "
               f"the exact surface score {result['completeness_floor']:.4f}, the floor), Chamfer {result['chamfer']:.4f} "
               f"= {100 * result['chamfer_over_diagonal']:.2f}% of the object's diagonal")
+    elif cfg.dtu_gt is not None:
+        import re
+
+        from common.dtu_eval import dtu_chamfer
+
+        found = re.search(r"scan(\d+)", Path(str(scene.root)).name)
+        if found is None:
+            raise UserError(f"--dtu_gt: the scan number is read from the scene folder's name (e.g. dtu_scan24), and "
+                            f"{Path(str(scene.root)).name!r} has none: rename the folder")
+        scores = dtu_chamfer(vertices, faces, cfg.dtu_gt, int(found.group(1)))
+        result.update(scores)
+        print(f"mesh: DTU protocol (common/dtu_eval.py), scan {found.group(1)}: accuracy {scores['accuracy']:.3f}, "
+              f"completeness {scores['completeness']:.3f}, Chamfer {scores['chamfer']:.3f} (mm)")
     else:
         print(f"mesh: no Chamfer distance computed for {scene.name}: it needs the scene's ground-truth surface (for DTU, "
-              f"score mesh.ply with DTU's evaluation, README 'DTU data and Chamfer')")
+              f"pass --dtu_gt with DTU's ObsMask/ and Points/, README 'DTU data and Chamfer')")
     print(f"mesh: {len(vertices)} vertices -> {path} ({time.perf_counter() - start:.1f} s)")
     return result
 
