@@ -9,6 +9,7 @@
     evaluation     scoring a split (pictures, metrics.json), the dead-model check, the default videos
     mesh           grid sampling, marching cubes, PLY files
     visual_hull    carving a grid with the masks of every view (05)
+    dtu_eval       DTU's surface evaluation (0.2 mm resampling, observation mask, plane filter, truncation) (05)
     paths          camera paths for videos (spherical, spiral)
     video          images, mp4/gif videos, coloured depth
     checkpoints    atomic save, load, latest (valid), resume_config (--resume against the checkpoint's settings)
