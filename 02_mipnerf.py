@@ -185,7 +185,9 @@ def cast_pixel_rays(K: torch.Tensor, c2w: torch.Tensor, u: torch.Tensor, v: torc
     The radius at t = 1 is the distance between the (unnormalised, camera z = -1) directions of this pixel and
     its right neighbour, times 2 / sqrt(12): 1 / f_x for a pinhole. For LLFF (ndc_near set) the rays are mapped
     to NDC (common/data/llff.py) and the radius is the mean distance from the NDC origin to those of the right and
-    lower neighbours (the authors' (dx + dy) / 2); the view directions stay the world directions (as theirs).
+    lower neighbours (the authors' (dx + dy) / 2); the view directions stay the world directions, as theirs, but
+    normalised to unit length: google/mipnerf passes LLFF's unnormalised pre-NDC directions as viewdirs (a quirk of
+    its loader), a departure that only changes the view branch's input scale for LLFF.
     K: (3, 3) or (R, 3, 3); c2w: (4, 4) or (R, 4, 4); u, v: (R,).
     Returns origins (R, 3), directions (R, 3), viewdirs (R, 3) unit, radii (R,).
     """
