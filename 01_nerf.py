@@ -47,6 +47,8 @@ from kernels.sampling import sample_pdf
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("object",)  # the captures this lesson suits (NeRF's Blender scenes; no NDC here, so no LLFF); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
     """NeRF (Mildenhall et al. 2020) on one scene. Defaults are the paper's; presets (PRESETS) size it for a CPU."""
@@ -95,7 +97,9 @@ PRESETS = {
 # Model: positional encoding (Eq. 4) and the radiance-field MLP (Fig. 7)
 # ================================================================================================
 def positional_encoding(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
-    """gamma(p) = (p, sin(2^0 p), cos(2^0 p), ..., sin(2^(L-1) p), cos(2^(L-1) p)) per coordinate: Eq. 4.
+    """gamma(p) = (p, sin(2^0 p), cos(2^0 p), ..., sin(2^(L-1) p), cos(2^(L-1) p)): Eq. 4, applied to every
+    coordinate of p and laid out frequency by frequency: each term is a whole D-vector (all coordinates' sines
+    at 2^0, then their cosines at 2^0, then 2^1, ...), the layout of the authors' code.
 
     The paper writes 2^k * pi * p; the authors' code (and ours) drops the pi, because scene coordinates are
     not normalised to [-1, 1] and the extra factor would alias the highest frequencies. The identity is kept
@@ -309,8 +313,9 @@ def train(cfg: Config) -> dict:
                               progress=False)["mean_psnr"]
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
-    with TrainingRun(cfg, "01_nerf", scene, device, backend, save_state, load_state, validate) as run:
-        for step in run.steps():
+    with TrainingRun(cfg, "01_nerf", scene, device, backend, save_state, load_state, validate,
+                     render=render_fn) as run:
+        def training_step(step: int) -> None:  # one step of the loop below
             pixels = central_crop(train_split, cfg.precrop_fraction) if step <= cfg.precrop_iters else None
             rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator, pixel_box=pixels)
             rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
@@ -331,6 +336,9 @@ def train(cfg: Config) -> dict:
             scaler.step(optimizer)
             scaler.update()
             run.log(step, loss=loss.item(), psnr=mse_to_psnr(loss_fine.item()), lr=lr)
+
+        for step in run.steps():  # a GPU out-of-memory error halves the rays per step and runs the step again
+            run.train_step(training_step, step, optimizer)
 
     return final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, background,
                             camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),

@@ -12,8 +12,8 @@ and reasons about the whole volume each sample stands for:
     frequencies whose period is smaller than the frustum fade to 0, so the MLP sees its input at the scale of the
     pixel, and one model renders well at every resolution;
   * one MLP is queried at both levels (NeRF trains two), with 128 + 128 samples; the fine samples are drawn from
-    the coarse weights after a 2-tap max, a 2-tap blur and a floor of 0.01 (Sec. 3.2), and the fine level uses
-    only those (it does not merge the coarse samples in).
+    the coarse weights after a 2-tap max, a 2-tap blur and 0.01 added to every weight (Sec. 3.2), and the fine
+    level uses only those (it does not merge the coarse samples in).
 Data: Blender scenes as in 01; their multiscale version (`--multiscale`: every image at 1, 1/2, 1/4, 1/8 resolution,
 common/data/multiscale.py), and LLFF forward-facing captures rendered in NDC with cylinders instead of cones
 (common/data/llff.py). Shared plumbing lives in common/, compositing and inverse-CDF sampling in kernels/.
@@ -45,6 +45,7 @@ from common.data.scene import composite_on_background
 from common.errors import UserError
 from common.evaluation import check_model_learned
 from common.lpips import load_lpips
+from common.memory import views_surviving_out_of_memory
 from common.mesh import marching_cubes, sample_grid, write_ply
 from common.metrics import mse_to_psnr
 from common.numerics import DIVISION_EPS, safe_normalize
@@ -62,6 +63,8 @@ from kernels.sampling import sample_pdf
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("object", "forward-facing")  # the captures this lesson suits (Blender scenes and LLFF in NDC, as the paper); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
     """mip-NeRF (Barron et al. 2021) on one scene. Defaults are the paper's (google/mipnerf); presets size it for a CPU."""
@@ -200,8 +203,10 @@ def cast_pixel_rays(K: torch.Tensor, c2w: torch.Tensor, u: torch.Tensor, v: torc
 
 
 def safe_sin(x: torch.Tensor) -> torch.Tensor:
-    """sin(x), with |x| > 100 pi first reduced modulo 100 pi (an exact multiple of 2 pi): float32 sin of a huge
-    argument loses its digits, and 2^15 times a coordinate gets large (mip-NeRF's `safe_sin`)."""
+    """sin(x), with |x| >= 100 pi first reduced modulo 100 pi (a multiple of 2 pi, so sin is unchanged up to
+    float32 rounding). mip-NeRF's `safe_sin` does this because "jnp.sin() on a TPU may NaN out for large values"
+    (its comment); PyTorch's sin on a CPU or GPU does not, so here it only keeps the two implementations
+    computing the same numbers."""
     wrap = 100 * math.pi
     return torch.sin(torch.where(x.abs() < wrap, x, torch.remainder(x, wrap)))
 
@@ -234,7 +239,8 @@ def positional_encoding(x: torch.Tensor, min_deg: int, max_deg: int, append_iden
 class MipMLP(nn.Module):
     """One MLP for both levels (google/mipnerf models.py `MLP`): a ReLU trunk on IPE(x) with a skip connection,
     density from the trunk, then a bottleneck joined with PE(d) through one narrower layer for the colour.
-    Every layer starts from Glorot-uniform weights and zero biases (flax's defaults, the authors' choice)."""
+    Every layer starts from Glorot-uniform weights and zero biases: mip-NeRF's MLP sets glorot_uniform itself
+    (flax's own default for Dense kernels is LeCun-normal); zero biases are flax's default."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -456,8 +462,9 @@ def train(cfg: Config) -> dict:
                                progress=False)["mean_psnr"]
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
-    with TrainingRun(cfg, "02_mipnerf", scene, device, backend, save_state, load_state, validate) as run:
-        for step in run.steps():
+    with TrainingRun(cfg, "02_mipnerf", scene, device, backend, save_state, load_state, validate,
+                     render=render_view_fn) as run:
+        def training_step(step: int) -> None:  # one step of the loop below
             # Rays from all pixels of all images (and scales) at once: the authors' batching for LLFF and multiscale
             # data; for single-scale Blender they draw each batch from one image, we do not.
             batch = sample_pixels(train_levels, cfg.batch_rays, generator)
@@ -483,6 +490,9 @@ def train(cfg: Config) -> dict:
             scaler.step(optimizer)
             scaler.update()
             run.log(step, loss=loss.item(), psnr=mse_to_psnr(loss_fine.item()), lr=lr)
+
+        for step in run.steps():  # a GPU out-of-memory error halves the rays per step and runs the step again
+            run.train_step(training_step, step, optimizer)
 
     outdir = Path(cfg.outdir)
     metrics = evaluate(render_view_fn, scene, outdir, cfg, iters=run.step, backend=backend, device=str(device),
@@ -515,8 +525,8 @@ def make_view_renderer(mlp: MipMLP, scene, cfg: Config, backend: str, ray_shape:
         u, v = cols.reshape(-1) + 0.5, rows.reshape(-1) + 0.5  # (H*W,) pixel centres, row-major
         origins, directions, viewdirs, radii = cast_pixel_rays(K, c2w, u, v, ndc_near)
         outputs = {"rgb": [], "depth": [], "opacity": []}
-        for start in range(0, H * W, cfg.chunk):
-            part = slice(start, start + cfg.chunk)
+        for start in range(0, H * W, render_view_fn.chunk):  # halved on GPU out of memory (common/memory.py)
+            part = slice(start, start + render_view_fn.chunk)
             rays = dict(origins=origins[part].to(device), directions=directions[part].to(device),
                         viewdirs=viewdirs[part].to(device), radii=radii[part].to(device))
             out = render_rays(mlp, rays, scene.near, scene.far, cfg, backend, ray_shape, background, randomized=False)
@@ -524,7 +534,8 @@ def make_view_renderer(mlp: MipMLP, scene, cfg: Config, backend: str, ray_shape:
                 outputs[key].append(out[key].cpu())
         return {key: torch.cat(value).reshape(H, W, *value[0].shape[1:]) for key, value in outputs.items()}
 
-    return render_view_fn
+    render_view_fn.chunk = cfg.chunk
+    return views_surviving_out_of_memory(render_view_fn)
 
 
 def evaluate(render_view_fn, scene, outdir: Path, cfg: Config, **facts) -> dict:

@@ -8,23 +8,29 @@ Real captures have backgrounds at every distance. What is new relative to mip-Ne
   * scene contraction (Eq. 10): space outside the unit ball is squeezed into the shell 1 < |x| < 2, so one MLP
     covers everything out to infinity; mip-NeRF's Gaussians (conical frustums, Eq. 7 of mip-NeRF) are pushed
     through the contraction by linearisation (their covariance becomes J Sigma J^T);
-  * ray distances are sampled in normalised disparity s (Eq. 11, g(t) = 1/t): as densely near the camera as
-    far away, in proportion to how much of the image a distance range affects;
+  * ray distances are sampled in normalised disparity s (Eq. 11, g(t) = 1/t): evenly spaced s are evenly spaced
+    in 1/t, so samples crowd near the camera and thin out far away (the gap between neighbours grows like t^2),
+    and the whole ray out to t_f = 1e6 fits in s in [0, 1];
   * a small *proposal* MLP (density only) proposes where the samples go, twice, and is trained to bound the
     NeRF MLP's weights from above (the interlevel loss, Eq. 13); the big NeRF MLP is evaluated only at the
-    final, few samples;
+    final, few samples (32 of the 64 + 64 + 32);
   * the distortion loss (Eq. 15) pulls each ray's weights into as compact a blob as possible: no floaters,
     no semi-transparent haze.
 Loss: Charbonnier data term on the NeRF level only + interlevel + 0.01 distortion; Adam 2e-3 -> 2e-5.
+Scenes: the paper's recipe is for captures with a background at every distance. An object over a white
+background (a Blender scene: lego, the built-in object scene) gets multinerf's Blender recipe instead (near 2,
+far 6, no contraction, the white background composited, an MSE data term): under the 360 recipe the
+Charbonnier loss drives such a scene to all white (see resolve_recipe, and --recipe).
 
 Read it top to bottom: Config, the geometry (Gaussians, contraction, IPE), the MLPs, resampling, losses,
 rendering, the training loop, evaluation, main. notebooks/03_mipnerf360.ipynb draws each piece.
 Glossary of shapes: R rays in a batch, S samples (intervals) per ray, so S + 1 interval ends, D = 3.
 
     python 03_mipnerf360.py                          # built-in unbounded scene, CPU preset on a CPU
-    python 03_mipnerf360.py --quick                  # 800 steps: 28.4 dB on its test views (README: time)
+    python 03_mipnerf360.py --quick                  # 800 steps: 29.0 dB on 4 test views, 70 s (README)
+    python 03_mipnerf360.py --scene lego --datadir ../shared/data/nerf_synthetic --quick   # Blender recipe
     python 03_mipnerf360.py --scene ../shared/data/fox --downscale 8   # an Instant-NGP transforms.json capture
-    python 03_mipnerf360.py --scene data/360_v2/garden --downscale 4   # a 360 capture (poses_bounds.npy, images_4/)
+    python 03_mipnerf360.py --scene data/360_v2/garden                 # a 360 capture (poses_bounds.npy, images_4/)
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -60,18 +67,24 @@ PAPER_BATCH_RAYS = 16384
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("unbounded", "object")  # the captures this lesson suits (the scene contraction is made for backgrounds at every distance); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
-    """mip-NeRF 360 (Barron et al. 2022) on one scene. Defaults are the paper's (multinerf's 360.gin); presets
-    (PRESETS) size it for a CPU."""
+    """mip-NeRF 360 (Barron et al. 2022) on one scene. The defaults are multinerf's 360.gin (the paper's), with
+    these exceptions: the MLPs encode along the 3 axes, not 21 icosahedron directions (integrated_pos_enc);
+    an object over a white background gets the Blender recipe (--recipe); a 360 capture is read at 1/4 size as
+    multinerf does, but every other scene at the size --downscale says (1 by default). Presets (PRESETS) size it
+    for a CPU."""
 
     # The settings every script shares (--datadir, --outdir, --backend, --device, --seed, --quick, --preset,
     # --resume, --time_budget_s, logging and outputs) come from common/cli.py, RunConfig.
-    scene: str = field(default="builtin_unbounded", metadata={"help": "builtin_unbounded (generated: objects inside a distant sky), builtin, a Blender scene name, or a folder: Blender layout, a transforms.json capture (Instant-NGP's fox), or a 360 capture with poses_bounds.npy + images_N/ (N = --downscale)"})
+    scene: str = field(default="builtin_unbounded", metadata={"help": "builtin_unbounded (generated: objects inside a distant sky), builtin, a Blender scene name, or a folder: Blender layout, a transforms.json capture (Instant-NGP's fox), or a capture with poses_bounds.npy + images_N/ (N = --downscale, 4 unless given, as multinerf), always read as a 360 capture (no NDC, even for a forward-facing LLFF one)"})
     iters: int = field(default=250_000, metadata={"help": "training iterations (paper: 250k at 16384 rays)"})
     # --- rays (Sec. 2, Eq. 11) ---
-    near: float = field(default=0.2, metadata={"help": "t_n, near plane of every ray (scene units)", "above": 0})
-    far: float = field(default=1e6, metadata={"help": "t_f, far plane; the last interval is opaque (its alpha is 1)", "above": 0})
+    recipe: Literal["auto", "360", "blender"] = field(default="auto", metadata={"help": "how rays meet the scene. 360 (the paper; multinerf's 360.gin): near 0.2, far 1e6, s spaced in disparity (Eq. 11), the contraction (Eq. 10), an opaque last interval that learns the background. blender (multinerf's blender_256.gin, for an object over a white background): the scene's near/far (2/6 for Blender scenes), s linear in t, no contraction, the background composited where the weights do not sum to 1. auto: blender for scenes with a white background (Blender layout: lego, builtin), 360 for the rest"})
+    near: Optional[float] = field(default=None, metadata={"help": "t_n, near plane of every ray (scene units); none: the recipe's (360: 0.2; blender: the scene's, 2 for Blender scenes)", "above": 0})
+    far: Optional[float] = field(default=None, metadata={"help": "t_f, far plane; none: the recipe's (360: 1e6, with an opaque last interval; blender: the scene's, 6 for Blender scenes)", "above": 0})
     # --- networks (Sec. 3, multinerf 360.gin) ---
     nerf_depth: int = field(default=8, metadata={"help": "layers of the NeRF MLP", "min": 1})
     nerf_width: int = field(default=1024, metadata={"help": "units per layer of the NeRF MLP", "min": 1})
@@ -90,6 +103,7 @@ class Config(RunConfig):
     anneal_slope: float = field(default=10.0, metadata={"help": "resampling weights are raised to the power bias(train_frac, this) (multinerf)", "above": 0})
     resample_padding: float = field(default=0.0, metadata={"help": "added to the weights before resampling (0 in 360.gin)", "min": 0})
     # --- losses (Sec. 4, Eq. 13, 15) ---
+    data_loss: Literal["auto", "charb", "mse"] = field(default="auto", metadata={"help": "data term on the NeRF level: charb (Charbonnier, the paper's, multinerf's 360.gin) or mse (multinerf's Blender configs); auto: charb under --recipe 360, mse under --recipe blender (see resolve_recipe: the Charbonnier loss drives a white-background scene to all white)"})
     charb_padding: float = field(default=0.001, metadata={"help": "epsilon of the Charbonnier data loss sqrt(x^2 + eps^2)", "above": 0})
     interlevel_loss_mult: float = field(default=1.0, metadata={"help": "weight of the proposal (interlevel) loss, Eq. 13", "min": 0})
     distortion_loss_mult: float = field(default=0.01, metadata={"help": "lambda of the distortion loss, Eq. 15", "min": 0})
@@ -103,11 +117,11 @@ class Config(RunConfig):
     adam_eps: float = field(default=1e-6, metadata={"help": "Adam epsilon (multinerf: 1e-6)", "above": 0})
     grad_max_norm: float = field(default=1e-3, metadata={"help": "clip each MLP's gradient to this norm separately (0 = off)", "min": 0})
     chunk: int = field(default=4096, metadata={"help": "rays per forward pass when rendering whole images", "min": 1})
-    mixed_precision: bool = field(default=True, metadata={"help": "fp16 autocast for the MLPs on a GPU only (sampling, CDFs and losses stay fp32); not measured in this project"})
+    mixed_precision: bool = field(default=False, metadata={"help": "fp16 autocast for the MLPs on a GPU only (sampling, CDFs and losses stay fp32). Off by default: multinerf trains in fp32, and this project has not measured a run with it on"})
 
     def check(self) -> None:
         """Settings that depend on each other, checked once after parsing (common/cli.py, parse_config)."""
-        if not self.near < self.far:
+        if self.near is not None and self.far is not None and not self.near < self.far:
             raise UserError(f"--near {self.near:g} --far {self.far:g}: the near plane must be closer than the far one")
 
 
@@ -124,8 +138,8 @@ PRESETS = {
                 bottleneck_width=64, view_width=64, n_prop_samples=(32, 32), n_nerf_samples=16, lr=5e-3,
                 lr_final=1e-4, lr_delay_steps=100, grad_max_norm=0.0, ckpt_every=1000, video_frames=40,
                 log_every=50),
-    # 800 steps: 28.4 dB / 0.920 on 4 test views of the built-in unbounded scene, 287 s of training on one thread of
-    # a loaded 2-core machine (benchmarks/results/quick-03_mipnerf360-*). Departs further from the paper: IPE up
+    # 800 steps: 29.0 dB / 0.925 on 4 test views of the built-in unbounded scene, 52 s of training on the idle 2-core
+    # machine (benchmarks/results/quick-presets-cpu-amd-epyc-2026-12-03-2029.json). Departs further from the paper: IPE up
     # to 2^9 (max_deg_point 10), 24 + 24 proposal and 16 NeRF intervals, 4x96 and 2x32 MLPs.
     "quick": dict(iters=800, batch_rays=512, nerf_depth=4, nerf_width=96, prop_depth=2, prop_width=32,
                   bottleneck_width=48, view_width=48, max_deg_point=10, n_prop_samples=(24, 24),
@@ -219,14 +233,72 @@ def pos_enc(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
 # ================================================================================================
 # Ray distances in normalised disparity (Eq. 11)
 # ================================================================================================
-def t_to_s(t: torch.Tensor, near: float, far: float) -> torch.Tensor:
-    """Eq. 11 with g(t) = 1/t: s = (g(t) - g(t_n)) / (g(t_f) - g(t_n)), so s = 0 at near and 1 at far."""
+def t_to_s(t: torch.Tensor, near: float, far: float, disparity: bool = True) -> torch.Tensor:
+    """Eq. 11 with g(t) = 1/t: s = (g(t) - g(t_n)) / (g(t_f) - g(t_n)), so s = 0 at near and 1 at far.
+    disparity=False: g(t) = t, s linear in t (multinerf's Blender configs, which set no raydist_fn)."""
+    if not disparity:
+        return (t - near) / (far - near)
     return (1 / t - 1 / near) / (1 / far - 1 / near)
 
 
-def s_to_t(s: torch.Tensor, near: float, far: float) -> torch.Tensor:
-    """The inverse of Eq. 11: t = 1 / (s / t_f + (1 - s) / t_n). Uniform steps in s are uniform in disparity."""
+def s_to_t(s: torch.Tensor, near: float, far: float, disparity: bool = True) -> torch.Tensor:
+    """The inverse of Eq. 11: t = 1 / (s / t_f + (1 - s) / t_n). Uniform steps in s are uniform in disparity 1/t:
+    half of [0, 1] in s covers t from t_n to 2 t_n, the other half everything beyond (see the notebook's
+    figure). disparity=False: t = t_n + s (t_f - t_n)."""
+    if not disparity:
+        return near + s * (far - near)
     return 1 / (s / far + (1 - s) / near)
+
+
+# The two ways 03 lays rays through a scene (--recipe). RECIPE_360 is the paper's; the Blender one is what
+# multinerf's configs/blender_256.gin does for an object over a white background.
+RECIPE_360_NEAR, RECIPE_360_FAR = 0.2, 1e6
+
+
+def resolve_recipe(cfg: Config, scene) -> Config:
+    """cfg with --recipe auto and --data_loss auto replaced by what suits `scene`, and near/far filled in where
+    left unset.
+
+    Why a second recipe. An object-centred capture over a white background (lego: cameras at radius 4, the
+    object inside radius 1.5, white around it on most pixels) trained with the 360 recipe and its Charbonnier
+    loss renders white only: 9.7 dB on lego's test views, the score of a white image. The cause is the loss.
+    The Charbonnier loss is an L1 in effect (its gradient has the same size however small the error), and the
+    constant that minimises an L1 over a set of pixels is their *median*, here white, where the mean that MSE
+    settles on is a grey that still depends on the object. Before the model can tell rays apart, every step
+    pushes towards white; within 20 steps the colour head's sigmoid inputs pass 30 (and reach the hundreds), its
+    gradient is zero in float32, the density collapses or stops mattering, and nothing can bring the object
+    back. (Measured on lego at 100x100 with the quick preset: Charbonnier dies under both recipes, even at
+    --lr 1e-3; MSE reaches 18-19 dB in 100 steps under both; see tests/scripts/test_03_mipnerf360.py.)
+    multinerf trains Blender scenes with configs/blender_256.gin, not 360.gin: data_loss_type 'mse', near 2,
+    far 6, no ray-distance warp (s linear in t), no contraction (no warp_fn), and a white background
+    composited where the weights sum below 1 (bg_intensity_range (1, 1), opaque_background False). That is
+    our Blender recipe; the contraction is not needed there, since between near 2 and far 6 every sample lies
+    within a bounded box around the object. (blender_256.gin also turns the distortion loss off and uses one
+    proposal round of 128 samples; here those stay what --distortion_loss_mult and --n_prop_samples say.)
+    """
+    recipe = cfg.recipe
+    if recipe == "auto":
+        recipe = "blender" if scene.white_background else "360"
+    if recipe == "blender":
+        near = scene.near if cfg.near is None else cfg.near
+        far = scene.far if cfg.far is None else cfg.far
+    else:
+        near = RECIPE_360_NEAR if cfg.near is None else cfg.near
+        far = RECIPE_360_FAR if cfg.far is None else cfg.far
+    if not near < far:
+        raise UserError(f"--near {near:g} --far {far:g} (with the scene's bounds where unset): the near plane must "
+                        f"be closer than the far one")
+    data_loss = cfg.data_loss if cfg.data_loss != "auto" else ("mse" if recipe == "blender" else "charb")
+    return dataclasses.replace(cfg, recipe=recipe, near=near, far=far, data_loss=data_loss)
+
+
+def ray_geometry(cfg: Config) -> tuple[bool, float, float]:
+    """(is the 360 recipe, near, far) of a cfg; an unresolved cfg (recipe auto, near/far unset) is the 360
+    recipe with the paper's near 0.2 and far 1e6."""
+    is_360 = cfg.recipe != "blender"
+    near = cfg.near if cfg.near is not None else RECIPE_360_NEAR
+    far = cfg.far if cfg.far is not None else RECIPE_360_FAR
+    return is_360, near, far
 
 
 # ================================================================================================
@@ -357,7 +429,10 @@ def outer_measure(s: torch.Tensor, s_env: torch.Tensor, w_env: torch.Tensor) -> 
 
 def interlevel_loss(s: torch.Tensor, w: torch.Tensor, s_prop: torch.Tensor, w_prop: torch.Tensor) -> torch.Tensor:
     """Eq. 13: L_prop = sum_i max(0, w_i - bound_i)^2 / w_i: the proposal histogram must envelop the NeRF
-    weights. The NeRF side is detached, so this loss trains only the proposal MLP (the paper's stop-gradient).
+    weights. The paper sums over a ray's intervals; multinerf (`lossfun_outer`, and this function) takes the
+    mean over rays and intervals, i.e. the paper's sum divided by the number of NeRF intervals, a constant
+    factor that --interlevel_loss_mult absorbs. The NeRF side is detached, so this loss trains only the proposal
+    MLP (the paper's stop-gradient).
     s, w: (R, S+1), (R, S) of the NeRF level; s_prop, w_prop: of one proposal round. Returns a scalar."""
     s, w = s.detach(), w.detach()
     bound = outer_measure(s, s_prop, w_prop)  # (R, S)
@@ -387,12 +462,15 @@ def charbonnier(x: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tens
 # ================================================================================================
 # Rendering: proposal rounds, then the NeRF MLP
 # ================================================================================================
-def alpha_weights(density: torch.Tensor, tdist: torch.Tensor, rays_d: torch.Tensor) -> torch.Tensor:
-    """Volume rendering weights w_i = T_i (1 - exp(-sigma_i delta_i)) (NeRF Eq. 3) with delta_i = (t_{i+1} - t_i)|d|
-    and an opaque last interval (its sigma delta set to infinity, multinerf `opaque_background`): every ray's
-    weights sum to exactly 1, the last interval stands for everything beyond. density: (R, S); tdist: (R, S+1)."""
+def alpha_weights(density: torch.Tensor, tdist: torch.Tensor, rays_d: torch.Tensor, opaque: bool = True) -> torch.Tensor:
+    """Volume rendering weights w_i = T_i (1 - exp(-sigma_i delta_i)) (NeRF Eq. 3) with delta_i = (t_{i+1} - t_i)|d|.
+    opaque (the 360 recipe): the last interval is opaque (its sigma delta set to infinity, multinerf
+    `opaque_background`): every ray's weights sum to exactly 1, the last interval stands for everything beyond.
+    Otherwise (the Blender recipe) the weights sum to at most 1 and the background fills the rest.
+    density: (R, S); tdist: (R, S+1)."""
     sigma_delta = density * (tdist[:, 1:] - tdist[:, :-1]) * rays_d.norm(dim=-1, keepdim=True)  # (R, S)
-    sigma_delta = torch.cat([sigma_delta[:, :-1], torch.full_like(sigma_delta[:, -1:], math.inf)], dim=-1)
+    if opaque:
+        sigma_delta = torch.cat([sigma_delta[:, :-1], torch.full_like(sigma_delta[:, -1:], math.inf)], dim=-1)
     alpha = 1 - torch.exp(-sigma_delta)
     trans = torch.exp(-torch.cat([torch.zeros_like(sigma_delta[:, :1]), torch.cumsum(sigma_delta[:, :-1], -1)], -1))
     return alpha * trans  # (R, S)
@@ -406,12 +484,14 @@ def pixel_radii(K: torch.Tensor) -> float:
 
 def render_rays(prop_mlp: MipMLP, nerf_mlp: MipMLP, rays_o: torch.Tensor, rays_d: torch.Tensor, radius: float,
                 cfg: Config, train_frac: float, perturb: bool, generator: torch.Generator | None = None,
-                backend: str = "torch") -> dict:
+                backend: str = "torch", background: float = 1.0) -> dict:
     """From rays (R, 3) to colours (Sec. 3). Start from one interval s in [0, 1] with weight 1; each round dilates
     the previous histogram, anneals it, draws new intervals from it (no gradient through their ends), casts
-    their Gaussians, contracts them and queries an MLP; the proposal MLP for the rounds of n_prop_samples,
-    the NeRF MLP for the last. Returns rgb (R, 3), depth (R,), opacity (R,) and the (s, weights) of every
-    round in "levels" for the losses."""
+    their Gaussians, contracts them (the 360 recipe) and queries an MLP; the proposal MLP for the rounds of
+    n_prop_samples, the NeRF MLP for the last. cfg as resolved by `resolve_recipe`; background: the grey level
+    composited where the weights sum below 1 (Blender recipe only). Returns rgb (R, 3), depth (R,),
+    opacity (R,) and the (s, weights) of every round in "levels" for the losses."""
+    is_360, near, far = ray_geometry(cfg)
     R = rays_o.shape[0]
     viewdirs = F.normalize(rays_d, dim=-1)
     radii = torch.full((R,), radius, device=rays_o.device)
@@ -425,25 +505,35 @@ def render_rays(prop_mlp: MipMLP, nerf_mlp: MipMLP, rays_o: torch.Tensor, rays_d
         if level > 0:  # dilation shrinks as the histogram sharpens over the rounds (multinerf)
             dilation = cfg.dilation_bias + cfg.dilation_multiplier / math.prod(counts[:level])
             sdist, weights = max_dilate_weights(sdist, weights, dilation)
-        # Anneal the histogram, w^p; zero-width or zero-weight intervals get no samples.
-        usable = (sdist[:, 1:] > sdist[:, :-1]) & (weights + cfg.resample_padding > 0)
+        # Anneal the histogram, w^p; zero-width intervals get no samples. multinerf marks zero-weight intervals
+        # with log(0) = -inf too; here they get log(NORM_EPS) instead, as good as no samples when some interval
+        # has weight, and an even spread (not a NaN from a softmax of only -inf) on a ray whose weights are all
+        # 0, which the Blender recipe has (empty space, no opaque last interval).
+        usable = sdist[:, 1:] > sdist[:, :-1]
         logits = anneal_power(train_frac, cfg.anneal_slope) * torch.log((weights + cfg.resample_padding).clamp(min=NORM_EPS))
         logits = torch.where(usable, logits, torch.full_like(logits, -math.inf))
         sdist = sample_intervals(sdist, logits, n, perturb, generator, backend).detach()  # (R, n+1), stop-gradient
-        tdist = s_to_t(sdist, cfg.near, cfg.far)  # (R, n+1) metric distances
+        tdist = s_to_t(sdist, near, far, disparity=is_360)  # (R, n+1) metric distances
         mean, cov = conical_frustum_to_gaussian(rays_d, tdist[:, :-1], tdist[:, 1:], radii)  # (R,n,3), (R,n,3,3)
-        mean, cov = contract_gaussian(rays_o[:, None, :] + mean, cov)
+        mean = rays_o[:, None, :] + mean
+        if is_360:
+            mean, cov = contract_gaussian(mean, cov)
         var = torch.diagonal(cov, dim1=-2, dim2=-1)  # (R, n, 3)
         mlp = nerf_mlp if is_nerf else prop_mlp
         with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):  # MLPs only; the rest stays fp32
             density, rgb = mlp(mean.reshape(-1, 3), var.reshape(-1, 3),
                                viewdirs[:, None, :].expand(R, n, 3).reshape(-1, 3) if is_nerf else None)
-        weights = alpha_weights(density.float().view(R, n), tdist, rays_d)  # (R, n)
+        weights = alpha_weights(density.float().view(R, n), tdist, rays_d, opaque=is_360)  # (R, n)
         levels.append((sdist, weights))
+    opacity = weights.sum(-1)  # (R,): exactly 1 under the 360 recipe (opaque last interval)
     rgb = (weights[..., None] * rgb.float().view(R, n, 3)).sum(1)  # (R, 3)
-    # Depth: the expected s converted back to t (a mean of t would be dominated by the last, huge interval).
-    s_mean = (weights * (sdist[:, 1:] + sdist[:, :-1]) / 2).sum(-1)
-    return dict(rgb=rgb, depth=s_to_t(s_mean, cfg.near, cfg.far), opacity=weights.sum(-1), levels=levels)
+    if not is_360:
+        rgb = rgb + (1 - opacity[:, None]) * background
+    # Depth: the expected s (over the weights, renormalised) converted back to t (a mean of t would be dominated
+    # by the last, huge interval of the 360 recipe).
+    s_mean = (weights * (sdist[:, 1:] + sdist[:, :-1]) / 2).sum(-1) / opacity.clamp(min=NORM_EPS)
+    return dict(rgb=rgb, depth=s_to_t(s_mean.clamp(0.0, 1.0), near, far, disparity=is_360), opacity=opacity,
+                levels=levels)
 
 
 # ================================================================================================
@@ -475,11 +565,14 @@ def apply_linear_scaling(cfg: Config) -> Config:
 
 
 def compute_losses(out: dict, target: torch.Tensor, cfg: Config, backend: str = "torch") -> dict:
-    """Charbonnier on the NeRF level's colour, + interlevel (Eq. 13) for every proposal round against the NeRF
+    """The data term (Charbonnier, or MSE: --data_loss) on the NeRF level's colour, + interlevel (Eq. 13) for every proposal round against the NeRF
     weights, + distortion (Eq. 15) on the NeRF level, in s. backend "cuda" / "emulated" computes the distortion
     loss with kernels/distortion_loss.cu (the same numbers as `distortion_loss` above, tested equal)."""
     s_nerf, w_nerf = out["levels"][-1]
-    data = charbonnier(out["rgb"], target, cfg.charb_padding)
+    if cfg.data_loss == "mse":
+        data = F.mse_loss(out["rgb"], target)
+    else:  # "charb", and "auto" before resolve_recipe (the paper's)
+        data = charbonnier(out["rgb"], target, cfg.charb_padding)
     prop = sum(interlevel_loss(s_nerf, w_nerf, s, w) for s, w in out["levels"][:-1])
     dist = (distortion_loss(s_nerf, w_nerf) if backend == "torch" else distortion_loss_kernel(s_nerf, w_nerf, backend)).mean()
     total = data + cfg.interlevel_loss_mult * prop + cfg.distortion_loss_mult * dist
@@ -491,12 +584,22 @@ def train(cfg: Config) -> dict:
     device = resolve_device(cfg.device)
     backend = resolve_backend(cfg.backend, device)  # resampling and distortion-loss kernels; the rest is PyTorch
     seed_everything(cfg.seed)
-    if (Path(cfg.scene) / "poses_bounds.npy").is_file():  # a 360 capture: PCA-normalised poses, no NDC
-        scene = load_llff360(cfg.scene, downscale=cfg.downscale)
+    if (Path(cfg.scene) / "poses_bounds.npy").is_file():
+        # Every poses_bounds.npy capture is read as a 360 capture (PCA-normalised poses, no NDC), forward-facing
+        # LLFF ones too: 03 has no NDC path (02 has). multinerf reads 360 captures at 1/4 size (factor 4); a
+        # full-size capture is tens of GB as float32, so that is the default here too unless --downscale is given.
+        downscale = cfg.downscale if "downscale" in (cfg.cli_options or ()) else 4
+        scene = load_llff360(cfg.scene, downscale=downscale)
     else:
         scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale, gt_protocol=cfg.gt_protocol)
+    cfg = resolve_recipe(cfg, scene)
+    print(f"recipe {cfg.recipe}: near {cfg.near:g}, far {cfg.far:g}"
+          + (", s in disparity, contraction, opaque last interval" if cfg.recipe == "360"
+             else ", s linear in t, no contraction, background composited") + f"; data loss {cfg.data_loss}")
     train_split = scene.splits["train"]
-    background = scene.background  # what RGBA targets are composited on (the opaque last interval learns it)
+    # What RGBA targets are composited on: under the 360 recipe the opaque last interval learns it, under the
+    # Blender recipe render_rays composites it.
+    background = scene.background
     radius = pixel_radii(train_split.cameras.K[0])
 
     prop_mlp = MipMLP(cfg.prop_depth, cfg.prop_width, cfg, with_rgb=False).to(device)
@@ -505,7 +608,7 @@ def train(cfg: Config) -> dict:
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.mixed_precision and device.type == "cuda")
     generator = torch.Generator().manual_seed(cfg.seed)  # CPU generator: the same rays on every device
-    render_fn = make_image_renderer(prop_mlp, nerf_mlp, radius, cfg, device, backend)
+    render_fn = make_image_renderer(prop_mlp, nerf_mlp, radius, cfg, device, backend, background)
 
     def save_state() -> dict:
         return dict(prop_mlp=prop_mlp.state_dict(), nerf_mlp=nerf_mlp.state_dict(), optimizer=optimizer.state_dict(),
@@ -522,8 +625,9 @@ def train(cfg: Config) -> dict:
                               progress=False)["mean_psnr"]
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
-    with TrainingRun(cfg, "03_mipnerf360", scene, device, backend, save_state, load_state, validate) as run:
-        for step in run.steps():
+    with TrainingRun(cfg, "03_mipnerf360", scene, device, backend, save_state, load_state, validate,
+                     render=render_fn) as run:
+        def training_step(step: int) -> None:  # one step of the loop below
             rays_o, rays_d, target = sample_ray_batch(train_split, cfg.batch_rays, generator)
             rays_o, rays_d, target = rays_o.to(device), rays_d.to(device), target.to(device)
             target_rgb = composite_on_background(target, background)
@@ -531,7 +635,7 @@ def train(cfg: Config) -> dict:
             # multinerf's train_frac = (step - 1) / (max_steps - 1): 0 at the first step, 1 at the last.
             train_frac = train_progress(cfg, step - 1, run.elapsed(), cfg.iters - 1)
             out = render_rays(prop_mlp, nerf_mlp, rays_o, rays_d, radius, cfg, train_frac, perturb=True,
-                              generator=generator, backend=backend)
+                              generator=generator, backend=backend, background=background)
             losses = compute_losses(out, target_rgb, cfg, backend)
 
             lr = learning_rate(cfg, step, run.elapsed())
@@ -551,6 +655,9 @@ def train(cfg: Config) -> dict:
             run.log(step, loss=losses["loss"].item(), psnr=mse_to_psnr(F.mse_loss(out["rgb"].detach(), target_rgb).item()),
                     lr=lr)
 
+        for step in run.steps():  # a GPU out-of-memory error halves the rays per step and runs the step again
+            run.train_step(training_step, step, optimizer)
+
     metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, 0, background,
                                camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),
                                preset=cfg.preset, gt_protocol=cfg.gt_protocol, dead_model_check=cfg.dead_model_check,
@@ -564,14 +671,15 @@ def train(cfg: Config) -> dict:
 # ================================================================================================
 # Evaluation helpers (thin: the work is in common/evaluation.py)
 # ================================================================================================
-def make_image_renderer(prop_mlp, nerf_mlp, radius: float, cfg: Config, device, backend: str = "torch"):
+def make_image_renderer(prop_mlp, nerf_mlp, radius: float, cfg: Config, device, backend: str = "torch",
+                        background: float = 1.0):
     """A function (rays_o, rays_d) -> {'rgb', 'depth', 'opacity'} for whole images: deterministic samples, and
-    the annealing finished (train_frac = 1)."""
+    the annealing finished (train_frac = 1). cfg as resolved by `resolve_recipe`."""
 
     @torch.no_grad()
     def render_fn(rays_o: torch.Tensor, rays_d: torch.Tensor) -> dict[str, torch.Tensor]:
         out = render_rays(prop_mlp, nerf_mlp, rays_o.to(device), rays_d.to(device), radius, cfg, 1.0, perturb=False,
-                          backend=backend)
+                          backend=backend, background=background)
         return {key: out[key].cpu() for key in ("rgb", "depth", "opacity")}
 
     render_fn.chunk = cfg.chunk

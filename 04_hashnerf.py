@@ -50,6 +50,8 @@ from kernels.ray_marching import OccupancyGrid, march_rays, occupancy_update, pa
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("object", "unbounded")  # the captures this lesson suits (Instant-NGP's box, aabb_scale times the object's, holds a background); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
     """Hash-grid NeRF (Instant-NGP, Müller et al. 2022). Defaults are the paper's; presets (PRESETS) size it for a CPU."""
@@ -409,8 +411,9 @@ def train(cfg: Config) -> dict:
                               progress=False)["mean_psnr"]
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
-    with TrainingRun(cfg, "04_hashnerf", scene, device, backend, save_state, load_state, validate) as run:
-        for step in run.steps():
+    with TrainingRun(cfg, "04_hashnerf", scene, device, backend, save_state, load_state, validate,
+                     render=render_fn) as run:
+        def training_step(step: int) -> None:  # one step of the loop below
             if step % cfg.grid_update_every == 0:  # Appendix E.2: keep the grid in step with the field
                 update_occupancy_grid(grid, step, cfg, optical_thickness, generator, backend)
 
@@ -446,6 +449,9 @@ def train(cfg: Config) -> dict:
             run.log(step, loss=loss.item(), psnr=mse_to_psnr(loss_rgb.item()), lr=lr,
                     extra=lambda: dict(rays=n_rays, samples_per_ray=round(out["n_samples"] / n_rays, 2),
                                        occupancy=round(grid.occupancy_fraction(), 4)))
+
+        for step in run.steps():  # a GPU out-of-memory error halves the rays per step and runs the step again
+            run.train_step(training_step, step, optimizer, batch=batch)
 
     metrics = final_evaluation(render_fn, scene, cfg.outdir, cfg.n_test_views, cfg.video_frames, test_background,
                                camera_path=cfg.camera_path, iters=run.step, backend=backend, device=str(device),

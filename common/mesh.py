@@ -26,7 +26,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common.errors import UserError
+from common.errors import UserError, warn, writing
+from common.memory import error_reason, free_memory, out_of_memory_errors, smallest
 
 
 def grid_points(aabb, resolution: int) -> torch.Tensor:
@@ -48,19 +49,35 @@ def sample_grid(fn: Callable[[torch.Tensor], torch.Tensor], aabb, resolution: in
 
     fn: (P, 3) float32 points (on `device`) -> (P,) values (e.g. a density or an SDF); aabb: (2, 3).
     Returns values (res, res, res) float32 numpy, values[i, j, k] = fn(node (i, j, k)) (see `grid_points`).
-    Memory: one chunk of points and values at a time, plus the result (res^3 floats: 64 MiB at 256^3).
+    Memory: one chunk of points and values at a time, plus the result (res^3 floats: 64 MiB at 256^3). A GPU
+    out-of-memory error halves the chunk (one warning line) and evaluates that chunk again, down to
+    common.memory.SMALLEST_RAYS points; then a one-line UserError (as the renders do, common/memory.py).
     """
     points = grid_points(aabb, resolution).reshape(-1, 3)  # (res^3, 3)
     values = np.empty(points.shape[0], dtype=np.float32)
+    floor, start = smallest(chunk), 0
     with torch.no_grad():
-        for start in range(0, points.shape[0], chunk):
+        while start < points.shape[0]:
             batch = points[start:start + chunk]
             if device is not None:
                 batch = batch.to(device)
-            out = fn(batch).reshape(-1)
-            if out.shape[0] != batch.shape[0]:
-                raise ValueError(f"fn must return one value per point: got {tuple(out.shape)} for {batch.shape[0]} points")
-            values[start:start + chunk] = out.float().cpu().numpy()
+            try:
+                out = fn(batch).reshape(-1)
+            except out_of_memory_errors() as err:
+                reason = error_reason(err)
+            else:
+                if out.shape[0] != batch.shape[0]:
+                    raise ValueError(f"fn must return one value per point: got {tuple(out.shape)} for {batch.shape[0]} points")
+                values[start:start + chunk] = out.float().cpu().numpy()
+                start += chunk
+                continue
+            del batch
+            free_memory()
+            if chunk <= floor:
+                raise UserError(f"GPU out of memory evaluating the mesh grid even at {chunk} points at a time ({reason}):"
+                                f" lower --mesh_resolution or use a GPU with more memory; the checkpoints are kept")
+            chunk = max(floor, chunk // 2)
+            warn(f"GPU out of memory evaluating the mesh grid ({reason}): going on with {chunk} points at a time")
     return values.reshape(resolution, resolution, resolution)
 
 
@@ -100,11 +117,17 @@ def marching_cubes(values: np.ndarray, aabb, level: float, inside: str = "above"
     return vertices, faces
 
 
+def _made_parent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_ply(path, vertices, faces, colors=None, ascii: bool = False) -> Path:
     """Write a triangle mesh as PLY (binary little-endian by default, or ascii), creating parent folders.
 
     vertices: (V, 3) float (world units); faces: (F, 3) int; colors: optional (V, 3) per-vertex colours, float in
     [0, 1] (rounded to uint8) or uint8. Returns the path. Viewers (MeshLab, Blender, Open3D) read both forms.
+    A full disk or a read-only place is one line naming the file (common.errors.writing).
     """
     to_np = lambda a: a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)  # noqa: E731
     vertices = to_np(vertices).astype(np.float32).reshape(-1, 3)
@@ -123,8 +146,7 @@ def write_ply(path, vertices, faces, colors=None, ascii: bool = False) -> Path:
         header += ["property uchar red", "property uchar green", "property uchar blue"]
     header += [f"element face {len(faces)}", "property list uchar int vertex_indices", "end_header"]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as file:
+    with writing(path), open(_made_parent(path), "wb") as file:  # a full disk: one line naming the file
         file.write(("\n".join(header) + "\n").encode("ascii"))
         if ascii:
             for i, v in enumerate(vertices):

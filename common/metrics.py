@@ -85,11 +85,11 @@ def ssim(pred, gt, data_range: float = 1.0) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Geometry: Chamfer distance between a reconstructed surface and a reference point set (DTU protocol)
+# Geometry: Chamfer distance between a reconstructed surface and a reference point set (DTU's final averaging)
 # ----------------------------------------------------------------------------------------------------------
 def sample_mesh_surface(vertices, faces, n_points: int, seed: int = 0) -> np.ndarray:
-    """Points drawn uniformly by area on a triangle mesh (the first step of the DTU evaluation, which turns the
-    mesh into a point cloud before measuring distances).
+    """Points drawn uniformly by area on a triangle mesh, at random. (The DTU evaluation also turns the mesh into
+    points first, but deterministically: it subdivides the triangles and thins the points to 0.2 mm spacing.)
 
     vertices: (V, 3) float; faces: (F, 3) int; n_points: how many points. A triangle is picked with probability
     proportional to its area, then a point uniformly inside it (barycentric (1 - sqrt(r1), sqrt(r1) (1 - r2),
@@ -110,15 +110,19 @@ def sample_mesh_surface(vertices, faces, n_points: int, seed: int = 0) -> np.nda
 
 
 def chamfer_distance(points, reference, max_dist: float = math.inf) -> dict:
-    """Chamfer distance as the DTU protocol defines it (Jensen et al. 2014; the evaluation script of NeuS and
-    DTUeval-python): the mean of accuracy and completeness.
+    """Chamfer distance: the mean of accuracy and completeness, the *last step* of the DTU protocol (Jensen et
+    al. 2014; the evaluation of NeuS and DTUeval-python). The protocol's other steps are not here: the 0.2 mm
+    resampling of the mesh, the observation mask and the plane filter on the points; and with max_dist left at
+    inf (as 05 calls it) no truncation either. A figure from this function is not comparable to a paper's DTU
+    figure.
 
         accuracy     = mean over the reconstruction's points p of min_q |p - q|   (is what we built there?)
         completeness = mean over the reference points q of min_p |q - p|          (is all of it there?)
         chamfer      = (accuracy + completeness) / 2
 
     Distances of `max_dist` or more are left out of each mean (DTU: 20 mm), as the official evaluation and
-    DTUeval-python do (`mean(d[d < max_dist])`), so that a few stray points cannot dominate.
+    DTUeval-python do (`mean(d[d < max_dist])`), so that a few stray points cannot dominate. Both means have a
+    sampling floor: two finite samplings of the same surface score above 0.
     points: (P, 3) reconstruction samples (e.g. `sample_mesh_surface` of a mesh); reference: (Q, 3); arrays or
     tensors, in the same units. Nearest neighbours come from a k-d tree (scipy), exact.
     Returns {'accuracy', 'completeness', 'chamfer'} as floats in those units (inf when either set is empty).

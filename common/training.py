@@ -21,7 +21,8 @@ import torch
 from common.checkpoints import (checkpoint_path, latest_checkpoint, load_latest_valid_checkpoint, resume_config,
                                 save_checkpoint)
 from common.cli import default_outdir
-from common.errors import Terminated, UserError
+from common.errors import Terminated, UserError, warn, writing
+from common.memory import error_reason, free_memory, out_of_memory_errors, smallest
 from common.paths import load_camera_path
 from common.run_folder import RunFolder, prepare_run_folder
 
@@ -61,17 +62,19 @@ def write_json(path, obj) -> Path:
 
     The file is always valid JSON: non-finite floats (a NaN loss, an infinite PSNR) are written as null. It is
     written to a temporary file and renamed, so a crash mid-write leaves the previous file, never half of one.
+    A full disk or a read-only place is one line naming the file (common.errors.writing).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_json_ready(obj), indent=2, allow_nan=False) + "\n"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -141,10 +144,11 @@ class TrainLog:
             row = dict(step=step, loss=loss, psnr=float(psnr), lr=lr, elapsed_s=round(self.elapsed(), 3), **extra)
             self._add(row)
 
-    def note(self, step: int, **values) -> None:
-        """Record occasional values (e.g. val_psnr=...) at `step`: printed above the bar and added to the CSV
-        (to the row of the same step if there is one, else as a row of their own)."""
-        self.write(f"step {step}: " + ", ".join(f"{k}={_short(v)}" for k, v in values.items()))
+    def note(self, step: int, echo: bool = True, **values) -> None:
+        """Record occasional values (e.g. val_psnr=...) at `step`: printed above the bar (unless echo is False)
+        and added to the CSV (to the row of the same step if there is one, else as a row of their own)."""
+        if echo:
+            self.write(f"step {step}: " + ", ".join(f"{k}={_short(v)}" for k, v in values.items()))
         if self.rows and int(float(self.rows[-1]["step"])) == step:
             self.rows[-1].update(values)
             self._columns_for(values)
@@ -182,28 +186,32 @@ class TrainLog:
         if self._columns_for(row):
             self._rewrite()  # a new column: the header changes, write the whole file again
             return
-        with open(self.csv_path, "a", newline="") as file:
+        with writing(self.csv_path), open(self.csv_path, "a", newline="") as file:  # a full disk: one line
             csv.DictWriter(file, fieldnames=self.columns, restval="").writerow(_formatted(row))
 
     def _rewrite(self) -> None:
         tmp = self.csv_path.with_name(".log.csv.tmp")
-        with open(tmp, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=self.columns, restval="")
-            writer.writeheader()
-            writer.writerows(_formatted(row) for row in self.rows)
-        os.replace(tmp, self.csv_path)  # a crash while rewriting keeps the previous file
+        with writing(self.csv_path):
+            with open(tmp, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=self.columns, restval="")
+                writer.writeheader()
+                writer.writerows(_formatted(row) for row in self.rows)
+            os.replace(tmp, self.csv_path)  # a crash while rewriting keeps the previous file
 
 
 class TrainingRun:
     """The bookkeeping of a training loop, so that the loop on the page shows only the method.
 
         with TrainingRun(cfg, "01_nerf", scene, device, backend, save_state=..., load_state=..., validate=...) as run:
-            for step in run.steps():          # resumes, then yields the steps still to do
-                ...sample rays, render, loss...
+            def training_step(step):
+                ...sample cfg.batch_rays rays, render, loss...
                 optimizer.zero_grad(); loss.backward()
                 check_finite(step, loss, parameters)       # a NaN/Inf stops the run here, before the update
                 optimizer.step()
                 run.log(step, loss=loss.item(), psnr=..., lr=lr)
+
+            for step in run.steps():          # resumes, then yields the steps still to do
+                run.train_step(training_step, step, optimizer)  # retried with half the rays on GPU out of memory
 
     What it takes care of, in order (`prepare_run` has already checked the folder and the config):
       * one line saying what runs where (preset, device, backend, scene, image size, outdir);
@@ -213,21 +221,32 @@ class TrainingRun:
       * after each step: a CSV row every `cfg.log_every` steps, a held-out check every `cfg.eval_every` steps
         (`validate()` returns a PSNR; its time is not training time), a checkpoint every `cfg.ckpt_every`
         steps and at the end;
+      * a GPU out-of-memory error during a step (`train_step`): the rays per step are halved, in the Config
+        itself (so the step, config.json and the checkpoints all see the new value) and the step runs again;
       * stopping: after `cfg.iters` steps, or once `cfg.time_budget_s` seconds of training are spent (then a
         checkpoint), or on Ctrl-C / SIGTERM (the step in progress finishes, a checkpoint is written, exit status
         130 / 143).
 
+      * --viewer: a live 3D viewer (common/viewer.py) of the model, fed between steps by `log`; with
+        --render_only, it serves the loaded model until Ctrl-C and the run stops there (exit 0).
+
     save_state() -> dict: what to checkpoint besides the step (network, optimizer and RNG states);
-    load_state(state: dict): puts a checkpoint back; validate() -> float: PSNR of a held-out view (optional).
+    load_state(state: dict): puts a checkpoint back; validate() -> float: PSNR of a held-out view (optional);
+    render: what the viewer draws with, either the script's ray renderer (rays_o, rays_d) -> dict with its
+    `.chunk` (01, 03, 04, 05) or a view renderer (K, c2w, H, W) -> dict of images (02: its cones need K),
+    told apart by `.chunk`.
     """
 
-    def __init__(self, cfg, script: str, scene, device, backend: str, save_state, load_state, validate=None):
+    def __init__(self, cfg, script: str, scene, device, backend: str, save_state, load_state, validate=None,
+                 render=None):
         self.cfg, self.script, self.scene_name = cfg, script, scene.name
         train_cams = scene.splits["train"].cameras
         self.summary = (f"{script}: preset {cfg.preset}, device {device}, backend {backend}, scene {scene.name} "
                         f"({len(train_cams)} training images of {train_cams.width}x{train_cams.height}), "
                         f"outdir {cfg.outdir}")
         self.save_state, self.load_state, self.validate = save_state, load_state, validate
+        self.scene, self.render = scene, render
+        self.viewer = None  # common.viewer.Viewer with --viewer
         self.outdir = Path(cfg.outdir)
         self._folder = RunFolder(self.outdir)
         self.step = 0  # the last completed step
@@ -235,6 +254,7 @@ class TrainingRun:
         self._interrupt = GracefulInterrupt()
         self._stopping = False
         self._unwritten_checkpoint: Path | None = None  # a checkpoint a second signal cut short
+        self.out_of_memory: list[dict] = []  # each halving of the batch: step, setting, before, after
 
     # -- context: the interrupt handlers are installed for the whole run and removed on every exit path --
     def __enter__(self):
@@ -243,6 +263,9 @@ class TrainingRun:
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        if self.viewer is not None:
+            self.viewer.close()
+            print(f"viewer closed; to look at this run again: python -m common.viewer {self.outdir}")
         self._interrupt.__exit__(exc_type, exc, tb)
         self._folder.__exit__(exc_type, exc, tb)
         if self.log_ is not None:
@@ -264,6 +287,11 @@ class TrainingRun:
             self.load_state(state)
             self.step = int(state["step"])
             print(f"--render_only: the model of {path} (step {self.step})")
+            if cfg.viewer:
+                self._start_viewer()
+                print("viewer: serving this model until Ctrl-C", flush=True)
+                self.viewer.serve(stop=lambda: self._interrupt.requested)
+                raise SystemExit(0)  # the viewer was what was asked for: no test renders, no videos
             return
         start = 0
         found = load_latest_valid_checkpoint(self.outdir) if cfg.resume else None
@@ -272,12 +300,18 @@ class TrainingRun:
             self.load_state(state)
             start = int(state["step"])
             print(f"resuming from {resume_from} at step {start}")
+            self.out_of_memory = list(state.get("out_of_memory") or [])
+            if self.out_of_memory:
+                print("this run lowered its batch after GPU out-of-memory errors (" + _halvings(self.out_of_memory)
+                      + "); it goes on with the lowered values")
         elif cfg.resume:
             print(f"--resume: no checkpoint in {self.outdir}, starting from step 0")
         save_config(self.outdir, cfg)
         self.step = start
         self.log_ = TrainLog(self.outdir, total_steps=cfg.iters, start_step=start,
                              desc=f"{self.script} {self.scene_name}")
+        if cfg.viewer:
+            self._start_viewer()
         for step in range(start + 1, cfg.iters + 1):
             yield step  # the caller runs one training step, ending with run.log(step, ...)
             self.step = step
@@ -299,15 +333,84 @@ class TrainingRun:
         self._stopping = step == self.cfg.iters or self._out_of_time() or self._interrupt.requested
         write = step % self.cfg.log_every == 0 or self._stopping
         self.log_.step(step, loss=loss, psnr=psnr, lr=lr, write=write, **(extra() if write and extra else {}))
+        if self.viewer is not None:
+            with self.log_.paused():  # frames for the browser are not training time
+                self.viewer.poll(step, psnr if psnr is not None else (-10.0 * math.log10(loss) if loss > 0 else math.inf))
+
+    def train_step(self, training_step, step: int, optimizer=None, batch: dict | None = None) -> None:
+        """training_step(step), run again with half the rays per step after each GPU out-of-memory error.
+
+        training_step(step): one step of the loop (sample cfg.batch_rays rays, render, loss, update, run.log).
+        optimizer: its gradients are dropped after a failed step (with the rest of what the step held, see
+            common.memory.free_memory).
+        batch: for a script whose ray count adapts from step to step (04, Instant-NGP App. E.3), the dict whose
+            "rays" entry is the count of the next step; it is halved too.
+        What is halved, in the Config itself (the step reads it from there; config.json and the checkpoints
+        record it, so --resume goes on with it): `batch_rays`, and `samples_per_batch` where the Config has one
+        above 0 (04's fixed sample budget, which sizes its step). One warning line says so, log.csv gets the new
+        values at that step. Once the rays of the failed step are down to common.memory.SMALLEST_RAYS (or the
+        configured count, if smaller), a further error stops the run with a one-line UserError naming the
+        settings to lower; the checkpoints already written are kept.
+        An error inside optimizer.step() may leave part of the parameters updated; the step is then run again
+        from there (the cost of not copying every weight before every step).
+        """
+        while True:
+            try:
+                training_step(step)
+                return
+            except out_of_memory_errors() as err:
+                reason = error_reason(err)
+            free_memory(optimizer)  # after the except block: the failed step's tensors are unreachable now
+            self._halve_batch(step, reason, batch)
+
+    def _halve_batch(self, step: int, reason: str, batch: dict | None) -> None:
+        cfg = self.cfg
+        rays = int(batch["rays"]) if batch is not None else int(cfg.batch_rays)
+        first = self.out_of_memory[0]["before"] if self.out_of_memory else {}
+        floor = smallest(first.get("rays", rays))
+        budget = int(getattr(cfg, "samples_per_batch", 0) or 0)
+        if rays <= floor:
+            newest = latest_checkpoint(self.outdir)
+            raise UserError(
+                f"GPU out of memory at step {step} even with {rays} rays per step, the fewest this run halves down "
+                f"to ({reason}): what is left is the model's own memory; in a new run lower --batch_rays below "
+                f"{rays}" + (f" and --samples_per_batch below {budget}" if budget else "") + " or the model's size "
+                f"(see --help), or use a GPU with more memory. The checkpoints in {self.outdir} are kept"
+                + (f" (newest: {newest.name})" if newest else ""))
+        before = dict(rays=rays, batch_rays=int(cfg.batch_rays))
+        cfg.batch_rays = max(smallest(first.get("batch_rays", cfg.batch_rays)), int(cfg.batch_rays) // 2)
+        after = dict(rays=max(floor, rays // 2), batch_rays=cfg.batch_rays)
+        if budget:  # 04's sample budget sizes its step: halve it with the rays
+            before["samples_per_batch"] = budget
+            cfg.samples_per_batch = after["samples_per_batch"] = max(SMALLEST_SAMPLES, budget // 2)
+        if batch is not None:
+            batch["rays"] = after["rays"]
+        self.out_of_memory.append(dict(step=step, before=before, after=after))
+        settings = " ".join(f"--{key} {value}" for key, value in after.items() if key != "rays")
+        warn(f"GPU out of memory at step {step} with {rays} rays per step ({reason}): freed what the step held, "
+             f"running it again with {after['rays']} rays; {settings} from now on (in config.json, log.csv and the "
+             f"checkpoints, so --resume keeps it)")
+        save_config(self.outdir, cfg)
+        if self.log_ is not None:
+            self.log_.note(step, echo=False, **{key: value for key, value in after.items() if key != "rays"})
 
     def checkpoint(self, step: int) -> Path:
         path = checkpoint_path(self.outdir, step)
         try:
             return save_checkpoint(path, dict(step=step, script=self.script, scene=self.scene_name,
-                                              config=dataclasses.asdict(self.cfg), **self.save_state()))
+                                              config=dataclasses.asdict(self.cfg), out_of_memory=self.out_of_memory,
+                                              **self.save_state()))
         except KeyboardInterrupt:  # a second Ctrl-C / SIGTERM while writing: save_checkpoint wrote nothing
             self._unwritten_checkpoint = path
             raise
+
+    def _start_viewer(self) -> None:
+        from common.viewer import start_viewer, view_renderer_from_rays
+
+        if self.render is None:
+            raise UserError(f"--viewer: {self.script}.py gives its training loop no renderer to show")
+        render_view = view_renderer_from_rays(self.render) if hasattr(self.render, "chunk") else self.render
+        self.viewer = start_viewer(self.cfg, self.scene, render_view, title=f"{self.script} · {self.scene_name}")
 
     def _out_of_time(self) -> bool:
         return self.cfg.time_budget_s > 0 and self.elapsed() >= self.cfg.time_budget_s
@@ -325,9 +428,21 @@ class TrainingRun:
         raise SystemExit(self._interrupt.exit_status or 130)
 
 
+# 04's --samples_per_batch is not halved below this: its ray count never goes below 128 rays (RAY_GRANULARITY)
+# of at least one sample each.
+SMALLEST_SAMPLES = 128
+
+
+def _halvings(events: list[dict]) -> str:
+    """'--batch_rays 4096 -> 1024 at steps 3, 3' from TrainingRun.out_of_memory."""
+    first, last = events[0]["before"], events[-1]["after"]
+    changes = ", ".join(f"--{key} {first[key]} -> {last[key]}" for key in last if key != "rays" and key in first)
+    return f"{changes} at step{'s' if len(events) > 1 else ''} " + ", ".join(str(e["step"]) for e in events)
+
+
 # What --render_only takes from today's command line; every other setting comes from the checkpoint's config.
 RENDER_SETTINGS = ("outdir", "datadir", "device", "backend", "chunk", "n_test_views", "video_frames",
-                   "render_only", "camera_path", "dead_model_check")
+                   "render_only", "camera_path", "dead_model_check", "viewer", "viewer_port")
 
 
 def prepare_run(cfg, script: str, required_keys=(), output_settings=()):
@@ -350,6 +465,11 @@ def prepare_run(cfg, script: str, required_keys=(), output_settings=()):
     cfg = dataclasses.replace(cfg, outdir=str(outdir))
     if cfg.camera_path:
         load_camera_path(cfg.camera_path)
+    if cfg.viewer:  # a busy port or a missing viser: one line now, not after the data has loaded
+        from common.viewer import check_port_free, viser_available
+
+        viser_available()
+        check_port_free(cfg.viewer_port)
     if cfg.render_only:
         found = load_latest_valid_checkpoint(outdir)
         if found is None:
@@ -468,8 +588,9 @@ def plot_psnr_curve(csv_path, png_path, title: str | None = None) -> Path:
     axes.grid(alpha=0.3)
     figure.tight_layout()
     png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(png_path)
+    with writing(png_path):  # a full disk or a read-only place: one line naming the file
+        png_path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(png_path)
     return png_path
 
 

@@ -2,12 +2,14 @@
 
 Frames may be float in [0, 1] (tensors or numpy arrays, clipped) or uint8; (H, W), (H, W, 3) or (H, W, 4).
 """
+import contextlib
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from common.errors import DISK_ERRNOS, writing
 from common.numerics import DIVISION_EPS
 
 
@@ -24,13 +26,15 @@ def to_uint8(image) -> np.ndarray:
 def save_image(path, img) -> Path:
     """Write an image (PNG or any format imageio knows from the suffix), creating parent folders.
 
-    img: (H, W), (H, W, 3) or (H, W, 4), float in [0, 1] or uint8. Returns the path.
+    img: (H, W), (H, W, 3) or (H, W, 4), float in [0, 1] or uint8. Returns the path. A full disk or a read-only
+    place is one line naming the file (common.errors.writing).
     """
     import imageio.v3 as iio
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(path, to_uint8(img))
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(path, to_uint8(img))
     return path
 
 
@@ -60,10 +64,12 @@ def write_video(path, frames, fps: int = 30) -> Path:
     """Write frames as an mp4 (H.264 through imageio-ffmpeg), or as a .gif next to it if that fails.
 
     frames: (T, H, W, 3) float in [0, 1] or uint8 (tensor, array or list of frames). The gif fallback (missing
-    imageio-ffmpeg or ffmpeg error) emits one warning that says why. Returns the path written.
+    imageio-ffmpeg or ffmpeg error) emits one warning that says why; a full disk or a read-only place is not
+    worked around but reported in one line naming the file (common.errors.writing). Returns the path written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(frames, (list, tuple)):
         frames = np.stack([to_uint8(frame) for frame in frames])
     frames = to_uint8(frames)
@@ -72,15 +78,21 @@ def write_video(path, frames, fps: int = 30) -> Path:
     frames = frames[..., :3]
     if path.suffix.lower() != ".gif":
         try:
-            _write_mp4(path, frames, fps)
+            with writing(path):
+                _write_mp4(path, frames, fps)
             return path
         except Exception as err:  # ImportError without imageio-ffmpeg, RuntimeError/OSError from ffmpeg
+            if isinstance(err.__cause__, OSError) and err.__cause__.errno in DISK_ERRNOS:
+                with contextlib.suppress(OSError):  # a read-only place: nothing to remove either
+                    path.unlink(missing_ok=True)
+                raise  # a full disk: a gif would not fit either
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             message = f"could not write {path} with imageio-ffmpeg ({reason}); writing a .gif instead"
             warnings.warn(message, stacklevel=2)
             path.unlink(missing_ok=True)
             path = path.with_suffix(".gif")
-    _write_gif(path, frames, fps)
+    with writing(path):
+        _write_gif(path, frames, fps)
     return path
 
 

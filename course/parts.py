@@ -10,25 +10,14 @@ markers around the BODY of one function (signature and docstring stay, so the st
         ### END SOLUTION
 
 The markers are plain comments: the solution runs unchanged and CI tests it. `course/release.py` replaces each
-marked body by `raise NotImplementedError("<hint>")` (the hint below), `course/grade.py` runs each part's tests.
+marked body by `raise PartNotWritten(part, file, function, hint)` (course/unwritten.py; the hint below), and
+`course/grade.py` grades each part on its cases (course/cases.py, course/hidden/).
 
-Adding a part (e.g. when 02_mipnerf.py lands with its integrated positional encoding): mark the function body in
-the script, then add one `Part(...)` line to PARTS naming the file, the function, a one-line hint with the
-equation, the points and the test node ids (parity or property tests that call only that function and code that
-is not marked). The release refuses a marked region that no part names, and a part whose region is not marked.
-Examples of the lines to add, for the scripts still on other branches (function and test names to be checked
-against those scripts when they land):
-
-    Part("integrated_pe", 10, (Region("02_mipnerf.py", "integrated_pos_enc", "Eq. 14 of mip-NeRF: ..."),),
-         ("tests/scripts/test_02_mipnerf.py::test_...",)),
-    Part("integrated_pe", 10, (
-        Region("02_mipnerf.py", "integrated_pos_enc",
-               "Eq. 14 of mip-NeRF: E[sin(2^l x)] = sin(2^l mu) exp(-4^l var / 2), cos as sin(. + pi/2), l = min..max-1"),),
-        ("tests/scripts/test_02_mipnerf.py::test_ipe_with_zero_variance_is_the_positional_encoding",
-         "tests/scripts/test_02_mipnerf.py::test_ipe_is_the_expected_encoding_under_the_gaussian")),
-    Part("contraction", 10, (Region("03_mipnerf360.py", "contract", "Eq. 10 of mip-NeRF 360: ..."),), (...)),
-    Part("distortion_loss", 10, (Region("03_mipnerf360.py", "distortion_loss", "Eq. 15 of mip-NeRF 360"),), (...)),
-    Part("neus_opacity", 10, (Region("05_instant_neus.py", "neus_alpha", "Eq. 13 of NeuS: ..."),), (...)),
+Adding a part: mark the function body in the script, add one `Part(...)` line to PARTS naming the file, the
+function, a one-line hint with the equation, the points and the visible pytest node ids (parity or property tests
+that call only that function and code that is not marked; they ship with the release for the students), then its
+cases: visible ones in course/cases.py, hidden ones in course/hidden/cases.py. The release refuses a marked region
+that no part names, and a part whose region is not marked.
 """
 from dataclasses import dataclass
 
@@ -40,7 +29,7 @@ END_MARKER = "### END SOLUTION"
 class Region:
     file: str  # path relative to the repository root
     function: str  # the function whose body is marked (a method: "Class.method")
-    hint: str  # one line naming the equation; the student's release raises NotImplementedError(hint)
+    hint: str  # one line naming the equation; the student's release raises PartNotWritten with it
 
 
 @dataclass(frozen=True)
@@ -48,14 +37,15 @@ class Part:
     name: str
     points: int
     regions: tuple[Region, ...]  # all of them are the student's to write for this part
-    tests: tuple[str, ...]  # pytest node ids; the part scores its points when every one of them passes
-    timeout_s: int = 60  # per test (pytest-timeout): an endless loop in a student's code fails its part only
+    tests: tuple[str, ...]  # the visible pytest node ids that check the same ideas (run by students, not the grader)
+    timeout_s: int = 60  # the part's time in the grader's worker: an endless loop fails this part only
 
 
 PARTS: tuple[Part, ...] = (
     Part("positional_encoding", 10, (
         Region("01_nerf.py", "positional_encoding",
-               "Eq. 4 of NeRF: gamma(p) = (p, sin(2^k p), cos(2^k p) for k < L), per coordinate, without the pi"),),
+               ("Eq. 4 of NeRF without the pi, laid out per frequency: [x, sin(x), cos(x), sin(2x), cos(2x), ..., "
+               "sin(2^(L-1) x), cos(2^(L-1) x)], each sin/cos block holding all D coordinates of x")),),
         ("tests/scripts/test_01_nerf.py::test_positional_encoding_equals_eq_4_written_out_per_frequency_and_coordinate",)),
     Part("ray_generation", 10, (
         Region("common/rays.py", "rays_through_pixels",
@@ -107,10 +97,24 @@ PARTS: tuple[Part, ...] = (
          "tests/scripts/test_03_mipnerf360_pieces.py::test_distortion_loss_of_a_delta_and_of_spread_weights")),
     Part("neus_opacity", 10, (
         Region("05_instant_neus.py", "neus_alpha",
-               "Eq. 13 of NeuS: alpha = max((Phi_s(f_i) - Phi_s(f_i+1)) / Phi_s(f_i), 0), ends extrapolated with cos"),),
+               ("Eq. 13 of NeuS with its code's 1e-5 guard: alpha = clamp((Phi_s(f_i) - Phi_s(f_i+1) + 1e-5) / "
+               "(Phi_s(f_i) + 1e-5), 0, 1), f_i, f_i+1 = f -+ slope * delta / 2, "
+               "slope = -(relu((1 - cos) / 2) (1 - r) + relu(-cos) r), r = cos_anneal_ratio")),),
         ("tests/scripts/test_05_instant_neus.py::test_neus_opacity_of_a_plane_telescopes_to_the_closed_form_and_peaks_at_the_surface",
          "tests/scripts/test_05_instant_neus.py::test_cell_opacity_is_the_opacity_of_a_step_straight_into_the_surface")),
 )
+
+
+# The parts each lesson's `--quick` run calls (CPU, --backend auto = torch; 01-03 measured with --iters 2): a release with these solved runs the
+# lesson to the end; without one of them the lesson stops, in one line, at the first it reaches. Measured on a
+# release with exactly these parts solved and all others blank (tests/course checks 01's row on every CI run).
+LESSON_PARTS: dict[str, tuple[str, ...]] = {
+    "01_nerf.py": ("ray_generation", "positional_encoding", "volume_rendering", "inverse_cdf_sampling"),
+    "02_mipnerf.py": ("ray_generation", "integrated_pe", "inverse_cdf_sampling"),
+    "03_mipnerf360.py": ("ray_generation", "contraction", "distortion_loss"),
+    "04_hashnerf.py": ("ray_generation", "occupancy_update"),  # measured with --iters 20 (quick: grid updates every 8 steps)
+    "05_instant_neus.py": ("ray_generation", "neus_opacity", "occupancy_update"),  # --iters 20 likewise
+}
 
 
 @dataclass(frozen=True)

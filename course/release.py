@@ -4,7 +4,9 @@
 
 OUT receives a copy of the repository (the files git tracks, plus untracked ones it does not ignore) in which
   * every `### BEGIN SOLUTION` ... `### END SOLUTION` region of a .py file (the body of one function, listed in
-    course/parts.py) becomes `raise NotImplementedError("<part>: <hint>")`, at the region's indentation;
+    course/parts.py) becomes `raise PartNotWritten(<part>, <file>, <function>, <hint>)` (course/unwritten.py: a
+    NotImplementedError, and a UserError, so that a lesson that reaches it stops with one line naming the part
+    and where it lives), at the region's indentation;
   * every notebook with a marked region goes through nbgrader's own ClearSolutions preprocessor (the tool's
     pipeline, not a copy of it): the region becomes nbgrader's stub, `raise NotImplementedError()`, preceded by
     a comment with the exercise's hint; the outputs of the cells it changed are cleared;
@@ -27,6 +29,9 @@ if str(REPO_ROOT) not in sys.path:  # `python course/release.py` as well as `pyt
 from common.errors import UserError  # noqa: E402
 from course.parts import BEGIN_MARKER, END_MARKER, NOTEBOOK_EXERCISES, PARTS  # noqa: E402
 
+STUB_IMPORT = "from course.unwritten import PartNotWritten  # the release's stub: replace these two lines"
+HIDDEN_DIR = Path("course/hidden")  # instructor-only cases: never released
+KIT_TESTS_DIR = Path("tests/course")  # the kit's own tests, which name the hidden cases: never released either
 SKIPPED_DIRS = {".git", ".venv", ".venv-gpu", "venv", "data", "runs", "__pycache__", ".pytest_cache",
                 ".ipynb_checkpoints"}
 
@@ -74,7 +79,7 @@ def marked_regions(source: str, filename: str) -> list[tuple[str, int, int]]:
 
 
 def release_python(source: str, filename: str, hints: dict[str, tuple[str, str]], solved: set[str]) -> str:
-    """The source with each marked body replaced by `raise NotImplementedError(hint)`, or, for a solved part,
+    """The source with each marked body replaced by `raise PartNotWritten(...)` (after its import), or, for a solved part,
     with its markers dropped. hints: function qualname -> (part name, hint) for this file."""
     lines = source.splitlines(keepends=True)
     regions = marked_regions(source, filename)
@@ -91,7 +96,8 @@ def release_python(source: str, filename: str, hints: dict[str, tuple[str, str]]
             lines[begin:end + 1] = lines[begin + 1:end]
         else:
             indent = lines[begin][:len(lines[begin]) - len(lines[begin].lstrip())]
-            lines[begin:end + 1] = [f"{indent}raise NotImplementedError({f'{part}: {hint}'!r})\n"]
+            lines[begin:end + 1] = [f"{indent}{STUB_IMPORT}\n",
+                                    f"{indent}raise PartNotWritten({part!r}, {filename!r}, {function!r}, {hint!r})\n"]
     return "".join(lines)
 
 
@@ -138,11 +144,8 @@ def release(out_dir: Path, *, solved=(), skip_notebooks: bool = False, root: Pat
     if exercises and not skip_notebooks and not have_nbgrader():
         raise UserError("the notebooks' exercises are released with nbgrader, which is not installed: "
                         "pip install -r requirements-course.txt, or pass --skip-notebooks to leave them out")
-    hints: dict[Path, dict[str, tuple[str, str]]] = {}
-    for part in PARTS:
-        for region in part.regions:
-            hints.setdefault(Path(region.file), {})[region.function] = (part.name, region.hint)
-    files = repository_files(root)
+    hints = part_hints()
+    files = [relative for relative in repository_files(root) if not is_hidden(relative)]
     for missing in sorted(set(hints) - set(files)):
         raise UserError(f"course/parts.py names {missing}, which is not in the repository")
     left_out = []
@@ -162,7 +165,46 @@ def release(out_dir: Path, *, solved=(), skip_notebooks: bool = False, root: Pat
             out_path.write_text(source)
         else:
             shutil.copy2(source_path, out_path)
+    check_no_hidden_tests(out_dir)
     return left_out
+
+
+def part_hints() -> dict[Path, dict[str, tuple[str, str]]]:
+    """file -> {function qualname -> (part name, hint)}, from course/parts.py."""
+    hints: dict[Path, dict[str, tuple[str, str]]] = {}
+    for part in PARTS:
+        for region in part.regions:
+            hints.setdefault(Path(region.file), {})[region.function] = (part.name, region.hint)
+    return hints
+
+
+def is_hidden(relative: Path) -> bool:
+    """The instructor-only files: the hidden cases (course/hidden/) and the kit's tests (tests/course/)."""
+    return relative.parts[:2] in (HIDDEN_DIR.parts, KIT_TESTS_DIR.parts)
+
+
+def hidden_case_names() -> list[str]:
+    from course.hidden.cases import HIDDEN
+
+    return [case.name for case in HIDDEN]
+
+
+def check_no_hidden_tests(out_dir: Path) -> None:
+    """Refuse a release that holds the hidden tests: their folder, or any hidden case's name in any file (a copy
+    of the file under another name, a notebook that pastes one). The release is deleted, not left half-leaked."""
+    names = hidden_case_names()
+    leaks = []
+    if (out_dir / HIDDEN_DIR).exists():
+        leaks.append(str(HIDDEN_DIR))
+    for path in sorted(out_dir.rglob("*")):
+        if path.is_file():
+            text = path.read_bytes().decode("utf-8", "replace")
+            leaks += [f"{path.relative_to(out_dir)} (names the hidden case {name})" for name in names if name in text][:1]
+    if leaks:
+        shutil.rmtree(out_dir)
+        raise UserError(f"the release would leak the instructor-only tests: {leaks[0]}"
+                        f"{f' and {len(leaks) - 1} more' if len(leaks) > 1 else ''}; remove them from the repository "
+                        f"files outside {HIDDEN_DIR}/ (nothing was written)")
 
 
 def main(argv=None) -> None:

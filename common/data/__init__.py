@@ -7,9 +7,11 @@
     llff               forward-facing LLFF captures (poses_bounds.npy + images_<f>/), NDC rays, spiral path
     llff360            360-degree captures in the same files, normalised as mip-NeRF 360 does (PCA)
     ngp_transforms     Instant-NGP / nerfstudio captures: one transforms.json with intrinsics and distortion
+    colmap             COLMAP projects: a sparse model (cameras, images, points3D; binary or text) + images/
     dtu                NeuS / DTU scans (cameras_sphere.npz + image/ + mask/)
     builtin_scene      the procedural object scene every script trains on by default, with its exact SDF
     builtin_unbounded  the same objects inside a distant sky (03's default)
+    textured_scene     a small textured scene (value noise) that structure from motion can pose, for common.capture
     load               the dispatcher: `load_scene` picks the format of a name or folder and calls its reader
 
 Arrows point one way: load -> formats -> scene. A format that is made from another (multiscale and the built-in

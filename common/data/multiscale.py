@@ -306,6 +306,9 @@ def evaluate_levels(render_view_fn, levels: list[Level], outdir: Path | None, n_
                    constant_psnr=float(np.mean([s["constant_psnr"] for s in per_scale])),
                    eval_s=round(time.perf_counter() - start, 3), **peak_memory(),
                    per_scale=per_scale, views=views, **facts)
+    renderer = getattr(render_view_fn, "wrapped", render_view_fn)  # common.memory.views_surviving_out_of_memory
+    if hasattr(renderer, "chunk_at_start"):  # halved after a GPU out-of-memory error
+        metrics["chunk_after_out_of_memory"] = dict(before=renderer.chunk_at_start, after=renderer.chunk)
     if outdir is not None:
         write_json(Path(outdir) / "metrics.json", metrics)
     return metrics

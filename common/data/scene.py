@@ -3,6 +3,8 @@
     Cameras, Split, Scene          the loaded scene: cameras (c2w, K, size, distortion) and images per split
     composite_on_background,       the background a split's RGBA images are composited on, and the colours a
     background_color               script draws for it
+    normalise_poses,               structure-from-motion poses moved into a renderer's frame (focus at the origin,
+    camera_layout                  up +z, a stated radius), and whether cameras surround the scene or face forward
     check_scene,                   checks every Scene gets when it is built, whatever format built it (a camera
                                    no renderer can use refused naming the file and the frame), and the
     warn_rgb_background            warning every loader gives for RGB images (their background stated)
@@ -98,6 +100,8 @@ class Scene:
     # split -> the file its cameras were read from (transforms_test.json, cameras_sphere.npz, ...), for the
     # messages of check_scene; a format that does not give one is named by its folder.
     camera_files: dict = field(default_factory=dict, repr=False)
+    # "object", "forward-facing" or "unbounded", set by the dispatcher (common/data/load.py, LAYOUTS)
+    layout: str = field(default="", repr=False)
 
     def __post_init__(self):
         check_scene(self)  # every format's Scene, every split: by construction
@@ -296,3 +300,86 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+# Below this smallest eigenvalue of (1/N) sum_i (I - d_i d_i^T) the cameras' optical axes are too close to
+# parallel (a forward-facing capture) to meet near one point: the value is the mean squared sine of the angle
+# between the axes and the eigenvector, and 0.02 is about 8 degrees of spread.
+PARALLEL_AXES = 0.02
+
+
+def rotation_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The rotation (3, 3) float64 that turns unit vector a onto unit vector b by the shortest arc (Rodrigues'
+    formula R = I + [v]x + [v]x^2 / (1 + c) with v = a x b, c = a . b; a half turn about a perpendicular axis
+    when a = -b)."""
+    a, b = a.double() / a.norm(), b.double() / b.norm()
+    v, c = torch.linalg.cross(a, b), float(a @ b)
+    if c < -1 + 1e-9:  # opposite: turn half way round any axis perpendicular to a
+        axis = torch.linalg.cross(a, torch.eye(3, dtype=torch.float64)[int(a.abs().argmin())])
+        axis = axis / axis.norm()
+        return 2 * torch.outer(axis, axis) - torch.eye(3, dtype=torch.float64)
+    vx = torch.tensor([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]], dtype=torch.float64)
+    return torch.eye(3, dtype=torch.float64) + vx + vx @ vx / (1 + c)
+
+
+def axes_spread(c2w: torch.Tensor) -> float:
+    """How far the cameras' optical axes are from parallel: the smallest eigenvalue of (1/N) sum_i (I - d_i d_i^T)
+    over the unit viewing directions d_i (0 when all are parallel; see PARALLEL_AXES). c2w: (N, 4, 4) OpenGL."""
+    forward = -c2w[:, :3, 2].double()
+    forward = forward / forward.norm(dim=-1, keepdim=True)
+    projectors = torch.eye(3, dtype=torch.float64) - forward[:, :, None] * forward[:, None, :]
+    return float(torch.linalg.eigvalsh(projectors.mean(0))[0])
+
+
+def camera_layout(c2w: torch.Tensor) -> str:
+    """"forward-facing" when the cameras all look about the same way (axes_spread below PARALLEL_AXES: LLFF's
+    captures), else "surrounding" (cameras around the scene, e.g. a walk around an object)."""
+    return "forward-facing" if axes_spread(c2w) < PARALLEL_AXES else "surrounding"
+
+
+def normalise_poses(c2w: torch.Tensor, radius: float, points: torch.Tensor | None = None):
+    """Put a reconstruction (any scale, origin and orientation: what structure from motion returns) in a frame a
+    renderer can use: the cameras' focus at the origin, their mean up vector along +z, and the cameras at a mean
+    distance `radius` from the focus.
+
+    c2w: (N, 4, 4) OpenGL camera-to-world; points: optional (P, 3) scene points (the sparse cloud), used only for
+    forward-facing captures (below). Returns (c2w' (N, 4, 4) float32, T (4, 4) float64) with T = [s R | t] the
+    similarity x' = s R x + t that maps old world points to new ones (apply it to the points too).
+
+    The focus is the point closest to every optical axis in the least-squares sense: with o_i the centres and
+    d_i the unit viewing directions, minimise sum_i |(I - d_i d_i^T)(p - o_i)|^2, i.e. solve
+    (sum_i P_i) p = sum_i P_i o_i with P_i = I - d_i d_i^T. For an orbit around an object it is the object's
+    centre. When the axes are nearly parallel (forward-facing, smallest eigenvalue of the mean P_i below
+    PARALLEL_AXES) or the point lies behind most cameras, no such point exists: the focus is then the mean
+    centre moved along the mean viewing direction by the median depth of `points` in front of the cameras (or
+    by the cameras' spread when no points are given)."""
+    c2w = c2w.double()
+    centres, forward = c2w[:, :3, 3], -c2w[:, :3, 2]  # (N, 3) each; OpenGL cameras look along -z
+    forward = forward / forward.norm(dim=-1, keepdim=True)
+    projectors = torch.eye(3, dtype=torch.float64) - forward[:, :, None] * forward[:, None, :]  # (N, 3, 3)
+    system = projectors.mean(0)
+    focus = None
+    if camera_layout(c2w) == "surrounding":
+        focus = torch.linalg.solve(system, (projectors @ centres[:, :, None]).mean(0))[:, 0]
+        if float((((focus - centres) * forward).sum(-1) > 0).double().mean()) < 0.5:
+            focus = None  # behind most cameras (they look outwards): not a focus
+    if focus is None:
+        mean_forward = forward.mean(0) / forward.mean(0).norm()
+        depth = float(centres.std(0).norm()) if len(centres) > 1 else 1.0
+        if points is not None and len(points):
+            depths = (points.double()[:, None, :] - centres[None]) @ mean_forward  # (P, N) depth along the axis
+            in_front = depths[depths > 0]
+            if len(in_front):
+                depth = float(in_front.median())
+        focus = centres.mean(0) + depth * mean_forward
+    up = c2w[:, :3, 1].mean(0)  # OpenGL: camera y is up
+    rotation = rotation_between(up, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    distance = float((centres - focus).norm(dim=-1).mean())
+    scale = radius / distance if distance > 0 else 1.0
+    similarity = torch.eye(4, dtype=torch.float64)
+    similarity[:3, :3] = scale * rotation
+    similarity[:3, 3] = -scale * rotation @ focus
+    out = c2w.clone()
+    out[:, :3, :3] = rotation @ c2w[:, :3, :3]
+    out[:, :3, 3] = (similarity[:3, :3] @ centres.T).T + similarity[:3, 3]
+    return out.float(), similarity

@@ -6,6 +6,7 @@ virtual environment), from the notebooks/ folder, with matplotlib's non-interact
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -76,3 +77,70 @@ def test_notebook_executes_without_error(path, python3_kernel_of_this_interprete
     except CellExecutionError as err:
         # The message holds the failing cell's source and the traceback from the kernel.
         pytest.fail(f"{path.name}: a cell raised an error\n{err}", pytrace=False)
+
+
+# --- 3D scenes (common/scene3d.py): stored as self-contained pages, shown without a server or a network ---
+SCENE3D_MARK = "# 3D (common/scene3d.py)"  # how a 3D cell's source starts
+NOTEBOOKS_WITH_3D = ("01_nerf", "04_hashnerf")
+# Each stored scene is one page holding viser's client (about 0.8 MB of inline JavaScript) and the scene's data;
+# a notebook with two scenes and its figures weighs about 2.3 MB. The limit keeps clones and diffs reasonable.
+NOTEBOOK_MAX_BYTES = 4_000_000
+# Any address a page could fetch from. The SVG namespace http://www.w3.org/2000/svg (an XML name in viser's
+# inline icon, never requested) is the one exception.
+FETCHABLE_URL = re.compile(r"\b(?:https?|wss?|ftp)://(?!www\.w3\.org/2000/svg)", re.IGNORECASE)
+
+
+def _scene3d_pages(path):
+    """(cell number, the text/html of each output) for every 3D cell of the notebook."""
+    nb = nbformat.read(path, as_version=4)
+    code_cells = [cell for cell in nb.cells if cell.cell_type == "code"]
+    return [(i, [out.get("data", {}).get("text/html", "") for out in cell.outputs])
+            for i, cell in enumerate(code_cells) if cell.source.startswith(SCENE3D_MARK)]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_stays_below_its_size_limit(path):
+    size = path.stat().st_size
+    assert size < NOTEBOOK_MAX_BYTES, f"{path.name} is {size / 1e6:.1f} MB, above {NOTEBOOK_MAX_BYTES / 1e6:.0f} MB"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_stored_3d_scenes_are_self_contained(path):
+    pages = _scene3d_pages(path)
+    if path.stem in NOTEBOOKS_WITH_3D:
+        assert pages, f"{path.name}: no 3D cell (a code cell starting with {SCENE3D_MARK!r})"
+    for cell, outputs in pages:
+        scenes = [html for html in outputs if "__VISER_EMBED_DATA__" in html]
+        assert len(scenes) == 1, f"{path.name}: 3D cell {cell} has {len(scenes)} stored scenes, not 1"
+        assert "<iframe srcdoc=" in scenes[0]
+        for html in outputs:
+            match = FETCHABLE_URL.search(html)
+            assert match is None, f"{path.name}: 3D cell {cell} names an address: {html[match.start():][:60]!r}"
+
+
+def test_a_stored_3d_scene_draws_in_a_browser_without_any_request():
+    # The first scene of 01, as stored, in headless Chromium with the network switched off: every resource the page
+    # asks for is inside it (data: and blob: addresses), and the 3D canvas draws something.
+    import html as html_module
+
+    from tests.browser import Browser
+
+    (cell, outputs), *_ = _scene3d_pages(NOTEBOOKS_DIR / "01_nerf.ipynb")
+    stored = next(out for out in outputs if "__VISER_EMBED_DATA__" in out)
+    page_html = html_module.unescape(re.search(r'srcdoc="([^"]*)"', stored).group(1))
+    with Browser(width=640, height=480) as browser:
+        page = browser.open()
+        page.call("Network.emulateNetworkConditions", offline=True, latency=0, downloadThroughput=-1,
+                  uploadThroughput=-1)
+        blank = page.screenshot()
+        page.set_content(page_html)
+        deadline = time.monotonic() + 30
+        shot = blank
+        while time.monotonic() < deadline:  # until the scene has been drawn (the canvas is not uniform)
+            time.sleep(1.0)
+            shot = page.screenshot()
+            if shot.reshape(-1, 3).std(axis=0).max() > 20:
+                break
+    assert shot.reshape(-1, 3).std(axis=0).max() > 20, "the stored scene drew nothing"
+    left = [url for url in page.requests if not url.startswith(("data:", "blob:", "about:"))]
+    assert not left, f"the stored page asked for {left[:3]}"

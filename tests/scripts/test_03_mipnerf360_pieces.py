@@ -283,3 +283,52 @@ def test_render_rays_on_the_emulated_kernels_equals_torch(m):
     for (s_torch, w_torch), (s_kernel, w_kernel) in zip(outs[0]["levels"], outs[1]["levels"]):
         torch.testing.assert_close(s_kernel, s_torch, rtol=0, atol=5e-5)
     torch.testing.assert_close(outs[1]["rgb"], outs[0]["rgb"], rtol=0, atol=1e-4)
+
+
+# --- the two recipes: how rays meet an object-centred scene and an unbounded one -----------------------------------
+def test_recipe_auto_gives_white_background_scenes_the_blender_recipe(m):
+    from types import SimpleNamespace
+
+    from common.cli import parse_config
+
+    cfg = parse_config(m.Config, [], presets=m.PRESETS)
+    blender = m.resolve_recipe(cfg, SimpleNamespace(white_background=True, near=2.0, far=6.0))
+    assert (blender.recipe, blender.near, blender.far, blender.data_loss) == ("blender", 2.0, 6.0, "mse")
+    unbounded = m.resolve_recipe(cfg, SimpleNamespace(white_background=False, near=0.5, far=12.0))
+    assert (unbounded.recipe, unbounded.near, unbounded.far, unbounded.data_loss) == ("360", 0.2, 1e6, "charb")
+    # What the user sets wins over the recipe's.
+    forced = m.resolve_recipe(parse_config(m.Config, ["--recipe", "360", "--far", "50", "--data_loss", "mse"]),
+                              SimpleNamespace(white_background=True, near=2.0, far=6.0))
+    assert (forced.recipe, forced.near, forced.far, forced.data_loss) == ("360", 0.2, 50.0, "mse")
+    with pytest.raises(Exception, match="near plane must be closer"):
+        m.resolve_recipe(parse_config(m.Config, ["--near", "7"]), SimpleNamespace(white_background=True, near=2.0, far=6.0))
+
+
+def test_blender_recipe_composites_the_background_and_samples_linearly_in_t(m):
+    from types import SimpleNamespace
+
+    from common.cli import parse_config
+
+    cfg = m.resolve_recipe(parse_config(m.Config, ["--quick"], presets=m.PRESETS),
+                           SimpleNamespace(white_background=True, near=2.0, far=6.0))
+    torch.manual_seed(0)
+    prop = m.MipMLP(cfg.prop_depth, cfg.prop_width, cfg, with_rgb=False)
+    nerf = m.MipMLP(cfg.nerf_depth, cfg.nerf_width, cfg, with_rgb=True)
+    # Empty space: a density of exactly 0 everywhere (the Blender recipe's white around the object). Every
+    # ray's weights are 0, the colour is the background, and resampling from an all-zero histogram must spread
+    # the samples evenly, not produce NaN (a softmax of only -inf).
+    for net in (prop, nerf):
+        torch.nn.init.zeros_(net.density_head.weight)
+        torch.nn.init.constant_(net.density_head.bias, -200.0)
+    g = torch.Generator().manual_seed(0)
+    rays_o = torch.randn(16, 3, generator=g) * 0.1 + torch.tensor([0.0, 0.0, 4.0])
+    rays_d = torch.nn.functional.normalize(torch.randn(16, 3, generator=g) * 0.1 + torch.tensor([0.0, 0.0, -1.0]), dim=-1)
+    out = m.render_rays(prop, nerf, rays_o, rays_d, 0.002, cfg, 1.0, perturb=True, generator=g, background=0.25)
+    assert torch.isfinite(out["rgb"]).all() and torch.isfinite(out["depth"]).all()
+    torch.testing.assert_close(out["rgb"], torch.full((16, 3), 0.25))
+    torch.testing.assert_close(out["opacity"], torch.zeros(16))
+    s, _ = out["levels"][-1]
+    assert (s[:, 1:] - s[:, :-1]).max() < 3.0 / cfg.n_nerf_samples  # spread over the ray, not piled up
+    # s is linear in t under the Blender recipe: s = 0.5 is halfway between near and far.
+    assert float(m.s_to_t(torch.tensor(0.5), 2.0, 6.0, disparity=False)) == pytest.approx(4.0)
+    assert float(m.t_to_s(torch.tensor(3.0), 2.0, 6.0, disparity=False)) == pytest.approx(0.25)

@@ -4,6 +4,7 @@ import importlib
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -150,3 +151,19 @@ def test_scan24_visual_hull_keeps_what_a_short_run_finds_occupied(neus, tmp_path
     assert float(hull.float().mean()) < 0.75  # (58%: scan 24's masks cover most of each image)
     inside = float(occupied[hull].sum()) / float(occupied.sum())  # measured: 0.94
     assert inside > 0.9 and inside > float(hull.float().mean()) + 0.2  # far above what chance would give
+
+
+def test_builtin_surface_scores_measure_what_they_say(neus):
+    """Accuracy is the exact SDF at mesh samples: about 0 for a mesh of the exact surface (no sampling floor) and
+    the offset for a mesh moved off it; completeness sits on its reported floor for the exact mesh."""
+    from common.data import builtin_scene
+    from common.mesh import marching_cubes, sample_grid
+
+    box = torch.tensor([[-1.5] * 3, [1.5] * 3])
+    vertices, faces = marching_cubes(sample_grid(builtin_scene.sdf, box, 64), box, level=0.0, inside="below")
+    exact = neus.builtin_surface_scores(vertices, faces, 8000)
+    assert exact["accuracy"] < 0.003, exact
+    assert exact["completeness_floor"] > 5 * exact["accuracy"], exact  # the floor dwarfs the true error
+    assert exact["completeness"] == pytest.approx(exact["completeness_floor"], rel=0.15), exact
+    moved = neus.builtin_surface_scores(vertices + np.array([0.05, 0.0, 0.0]), faces, 8000)
+    assert 0.015 < moved["accuracy"] < 0.05, moved  # a shift of 0.05 along x: |f*| between 0 and 0.05 (the normal's x part)
