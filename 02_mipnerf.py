@@ -185,7 +185,9 @@ def cast_pixel_rays(K: torch.Tensor, c2w: torch.Tensor, u: torch.Tensor, v: torc
     The radius at t = 1 is the distance between the (unnormalised, camera z = -1) directions of this pixel and
     its right neighbour, times 2 / sqrt(12): 1 / f_x for a pinhole. For LLFF (ndc_near set) the rays are mapped
     to NDC (common/data/llff.py) and the radius is the mean distance from the NDC origin to those of the right and
-    lower neighbours (the authors' (dx + dy) / 2); the view directions stay the world directions (as theirs).
+    lower neighbours (the authors' (dx + dy) / 2); the view directions stay the world directions, as theirs, but
+    normalised to unit length: google/mipnerf passes LLFF's unnormalised pre-NDC directions as viewdirs (a quirk of
+    its loader), a departure that only changes the view branch's input scale for LLFF.
     K: (3, 3) or (R, 3, 3); c2w: (4, 4) or (R, 4, 4); u, v: (R,).
     Returns origins (R, 3), directions (R, 3), viewdirs (R, 3) unit, radii (R,).
     """
@@ -229,6 +231,8 @@ def integrated_pos_enc(mean: torch.Tensor, cov_diag: torch.Tensor, min_deg: int,
 
 def positional_encoding(x: torch.Tensor, min_deg: int, max_deg: int, append_identity: bool = True) -> torch.Tensor:
     """NeRF's encoding (Eq. 4 of NeRF, without pi) in the same layout as IPE: [sin(2^l x), cos(2^l x)] (and x).
+    The layout is mip-NeRF's: every sine, then every cosine. 01_nerf.py interleaves them per frequency, as NeRF's
+    code does; the two hold the same features in another order, which a dense first layer does not care about.
     It is IPE with zero variance, which a test checks. x: (..., D) -> (..., D * (2 L + append_identity))."""
     scales = 2.0 ** torch.arange(min_deg, max_deg, device=x.device, dtype=x.dtype)  # (L,)
     y = (x[..., None, :] * scales[:, None]).flatten(-2)  # (..., L*D)
@@ -262,7 +266,8 @@ class MipMLP(nn.Module):
 
     def forward(self, mean, cov_diag, viewdirs, density_noise: torch.Tensor | None = None):
         """mean, cov_diag: (N, 3) Gaussians; viewdirs: (N, 3) unit; density_noise: (N,) or None.
-        Returns rgb (N, 3) in [-eps, 1 + eps], sigma (N,) > 0."""
+        Returns sigma (N,) > 0 and rgb (N, 3) in [-eps, 1 + eps] (density first, as 03's MipMLP; mip-NeRF's MLP
+        returns them the other way round)."""
         cfg = self.cfg
         encoded_x = integrated_pos_enc(mean, cov_diag, cfg.min_deg, cfg.max_deg)  # (N, 96)
         h = encoded_x
@@ -277,7 +282,7 @@ class MipMLP(nn.Module):
         h = torch.cat([self.bottleneck(h), positional_encoding(viewdirs, 0, cfg.deg_view)], dim=-1)
         rgb = torch.sigmoid(self.rgb_head(F.relu(self.view_layer(h))))  # (N, 3)
         # Widened sigmoid: 0 and 1 are reachable with finite pre-activations (white backgrounds).
-        return rgb * (1 + 2 * cfg.rgb_padding) - cfg.rgb_padding, sigma
+        return sigma, rgb * (1 + 2 * cfg.rgb_padding) - cfg.rgb_padding
 
 
 # ================================================================================================
@@ -343,7 +348,7 @@ def render_level(mlp: MipMLP, rays: dict, t_vals: torch.Tensor, cfg: Config, bac
         noise = noise_std * torch.randn(n_rays * n_samples, generator=generator, device="cpu").to(mean.device)
     use_amp = cfg.mixed_precision and mean.is_cuda
     with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-        rgb, sigma = mlp(mean.reshape(-1, 3), cov_diag.reshape(-1, 3), viewdirs.reshape(-1, 3), noise)  # (N,3),(N,)
+        sigma, rgb = mlp(mean.reshape(-1, 3), cov_diag.reshape(-1, 3), viewdirs.reshape(-1, 3), noise)  # (N,),(N,3)
     sigma = sigma.float().view(n_rays, n_samples)  # (R, S) rendering always in fp32
     rgb = rgb.float().view(n_rays, n_samples, 3)  # (R, S, 3)
     ray_norms = rays["directions"].norm(dim=-1)  # (R,)
@@ -611,7 +616,7 @@ def export_mesh(mlp: MipMLP, scene, outdir: Path, cfg: Config, device) -> Path:
     cov = (voxel**2 / 12).to(device)  # (3,)
 
     def density(points: torch.Tensor) -> torch.Tensor:  # (P, 3) -> (P,)
-        _, sigma = mlp(points, cov.expand_as(points), torch.zeros_like(points))
+        sigma, _ = mlp(points, cov.expand_as(points), torch.zeros_like(points))
         return sigma
 
     values = sample_grid(density, scene.aabb, cfg.mesh_resolution, chunk=cfg.chunk * 16, device=device)

@@ -223,7 +223,8 @@ def integrated_pos_enc(mean: torch.Tensor, var: torch.Tensor, max_deg: int) -> t
 
 
 def pos_enc(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
-    """Plain positional encoding of view directions with the identity appended (multinerf deg_view = 4 -> 27-D).
+    """Plain positional encoding of view directions with the identity appended (multinerf deg_view = 4 -> 27-D),
+    in 02's layout (x, every sine, then every cosine; 01_nerf.py interleaves sine and cosine per frequency).
     x: (..., 3) -> (..., 3 + 6 n_freqs)."""
     scales = 2.0 ** torch.arange(n_freqs, dtype=x.dtype, device=x.device)
     y = (x[..., None, :] * scales[:, None]).flatten(-2)

@@ -23,7 +23,7 @@ For NeuS/DTU data the scene frame is already the unit sphere of cameras_sphere.n
 go on to world units with its scale_mat.
 
     python 05_instant_neus.py                                  # built-in scene (CPU preset on a CPU)
-    python 05_instant_neus.py --quick                          # 80 s of CPU time; 26 dB, Chamfer 0.4% of the diagonal
+    python 05_instant_neus.py --quick                          # 84 s on 2 cores; 26.6 dB, Chamfer 0.3% of the diagonal
     python 05_instant_neus.py --scene ../shared/data/dtu_scan24 --downscale 8   # DTU, NeuS layout
     python 05_instant_neus.py --scene <folder> --calc_bbox     # print the object's box for --bbox
     python 05_instant_neus.py --outdir runs/x --export_mesh --mesh_resolution 512  # mesh of a run's checkpoint
@@ -136,6 +136,7 @@ class Config(RunConfig):
     mesh_resolution: int = field(default=512, metadata={"help": "marching-cubes grid per side (NeuS: 512)", "min": 2})
     export_mesh: bool = field(default=False, metadata={"help": "no training: mesh the latest checkpoint of --outdir (rebuilt from its saved config) into <outdir>/mesh.ply"})
     chamfer_points: int = field(default=100_000, metadata={"help": "points sampled on the mesh and the reference for Chamfer", "min": 1})
+    dtu_gt: Optional[str] = field(default=None, metadata={"help": "folder of DTU's ground truth (ObsMask/ and Points/ of the DTU MVS 2014 downloads): a DTU scene's mesh is then scored with DTU's protocol (common/dtu_eval.py; the scan number from the scene folder's name, e.g. dtu_scan24)"})
 
     def check(self) -> None:
         """Settings that depend on each other, checked once after parsing (common/cli.py, parse_config)."""
@@ -156,8 +157,9 @@ PRESETS = {
                 level_every=300, anneal_end=1000, warmup_iters=100, grid_warmup=64, grid_update_every=8,
                 grid_decay=0.8, curvature_warmup=500, mesh_resolution=256, ckpt_every=1000, video_frames=40,
                 log_every=25),
-    # The learns-test: 80 s of CPU time on one thread (emulated backend), 26.1 dB on 4 test views, mesh Chamfer 0.42% of
-    # the object's diagonal (benchmarks/results/quick-05_instant_neus-*.json).
+    # The learns-test: 61 s of training on the idle 2-core machine, 26.6 dB on 4 test views
+    # (benchmarks/results/quick-presets-cpu-amd-epyc-2026-12-03-2029.json); its 128^3 mesh: accuracy 0.0075,
+    # completeness 0.0124 (floor 0.0086), Chamfer 0.30% of the object's diagonal (README).
     "quick": dict(iters=500, n_levels=8, log2_table_size=15, base_resolution=16, max_resolution=256,
                   grid_resolution=32, steps_per_diagonal=128, max_samples=128, batch_rays=512, start_level=4,
                   level_every=80, anneal_end=200, warmup_iters=50, grid_warmup=32, grid_update_every=8,
@@ -637,9 +639,22 @@ def extract_and_score_mesh(field_, frame, scene, cfg: Config, backend: str, devi
               f"completeness {result['completeness']:.4f} (exact-surface samples to mesh samples; two samplings of "
               f"the exact surface score {result['completeness_floor']:.4f}, the floor), Chamfer {result['chamfer']:.4f} "
               f"= {100 * result['chamfer_over_diagonal']:.2f}% of the object's diagonal")
+    elif cfg.dtu_gt is not None:
+        import re
+
+        from common.dtu_eval import dtu_chamfer
+
+        found = re.search(r"scan(\d+)", Path(str(scene.root)).name)
+        if found is None:
+            raise UserError(f"--dtu_gt: the scan number is read from the scene folder's name (e.g. dtu_scan24), and "
+                            f"{Path(str(scene.root)).name!r} has none: rename the folder")
+        scores = dtu_chamfer(vertices, faces, cfg.dtu_gt, int(found.group(1)))
+        result.update(scores)
+        print(f"mesh: DTU protocol (common/dtu_eval.py), scan {found.group(1)}: accuracy {scores['accuracy']:.3f}, "
+              f"completeness {scores['completeness']:.3f}, Chamfer {scores['chamfer']:.3f} (mm)")
     else:
         print(f"mesh: no Chamfer distance computed for {scene.name}: it needs the scene's ground-truth surface (for DTU, "
-              f"score mesh.ply with DTU's evaluation, README 'DTU data and Chamfer')")
+              f"pass --dtu_gt with DTU's ObsMask/ and Points/, README 'DTU data and Chamfer')")
     print(f"mesh: {len(vertices)} vertices -> {path} ({time.perf_counter() - start:.1f} s)")
     return result
 

@@ -5,7 +5,11 @@
                    checks), one reader per format (blender, multiscale, llff, llff360, ngp_transforms, dtu, the
                    built-in scenes builtin_scene and builtin_unbounded) and the dispatcher data.load.load_scene
     rays           get_rays (OpenGL convention, pixel centres), random ray batches, chunked rendering
-    metrics        PSNR, SSIM
+    metrics        PSNR, SSIM, the best constant image's PSNR, Chamfer distance and mesh sampling
+    evaluation     scoring a split (pictures, metrics.json), the dead-model check, the default videos
+    mesh           grid sampling, marching cubes, PLY files
+    visual_hull    carving a grid with the masks of every view (05)
+    dtu_eval       DTU's surface evaluation (0.2 mm resampling, observation mask, plane filter, truncation) (05)
     paths          camera paths for videos (spherical, spiral)
     video          images, mp4/gif videos, coloured depth
     checkpoints    atomic save, load, latest (valid), resume_config (--resume against the checkpoint's settings)

@@ -4,8 +4,8 @@
     python -m common.viewer runs/01_nerf/builtin        # a finished run: its latest checkpoint and config
     ssh -L 8080:localhost:8080 you@remote               # on a remote machine: forward the port, open localhost:8080
 
-The page (viser's client, served by the `viser` package) shows the training cameras as frustums with their
-pictures and the scene box (drawn by common/scene3d.py), and behind them the model's render from the browser's
+The page (viser's client, served by the `viser` package) shows the training cameras as frustums and the scene
+box (drawn by common/scene3d.py), and behind them the model's render from the browser's
 camera: RGB, depth (turbo colours between the scene's near and far bounds, white where the ray hits nothing),
 or normals where the script renders them (05). During training it also shows the step, the training PSNR and
 the frame time.
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.errors import UserError
+from common.errors import UserError, warn
 
 DEFAULT_PORT = 8080  # viser's default
 PORT_RANGE = (1024, 65535)  # below 1024 needs root on Linux
@@ -143,10 +143,11 @@ class Viewer:
         self.last_frame_s = math.nan
         self._step, self._psnr = None, None
         self._model_version = 0  # bumped by poll(step=...): frames older than this are stale
-        self._lock = threading.Lock()  # guards _moved (written by viser's threads)
+        self._lock = threading.Lock()  # guards _moved and _shown (viser's threads write them too)
         self._moved: set[int] = set()
         self._shown: dict[int, tuple[int, float]] = {}  # client id -> (model version, time) of its last frame
         self._last_label = 0.0
+        self._warned = False
 
         split = scene.splits["train"]
         cams = split.cameras
@@ -156,8 +157,9 @@ class Viewer:
         up = cams.c2w[:, :3, 1].double().mean(dim=0).numpy()  # the cameras' mean image-up direction
         self.server.scene.set_up_direction(tuple(up / max(np.linalg.norm(up), 1e-9)))
         every = max(1, math.ceil(len(cams) / MAX_DRAWN_CAMERAS))
-        self._drawings = [*scene3d.add_cameras(self.server.scene, cams, split.images, name="/training_cameras",
-                                               every=every, max_image_side=32),
+        # wireframes only: the training pictures inside the frustums would hide the render behind them
+        self._drawings = [*scene3d.add_cameras(self.server.scene, cams, None, name="/training_cameras",
+                                               every=every),
                           scene3d.add_box(self.server.scene, scene.aabb)]
 
         gui = self.server.gui
@@ -177,13 +179,13 @@ class Viewer:
     def _connected(self, client) -> None:
         forward = -self._home[:3, 2]
         distance = max(float(np.dot(self._centre - self._home[:3, 3], forward)), 1e-3)
-        # start behind training camera 0, looking where it looks: a quarter further from what it looks at, so
-        # that the frustums next to it are not in the way
-        position = self._home[:3, 3] - 0.25 * distance * forward
+        # start at training camera 0, looking where it looks: a view the model was trained for, inside the scene's
+        # near/far bounds (from farther away, the far bound would cut the object off)
+        position = self._home[:3, 3]
         with client.atomic():
             client.camera.fov = self._home_fov
             client.camera.position = position
-            client.camera.look_at = position + 1.25 * distance * forward
+            client.camera.look_at = position + distance * forward
             client.camera.up_direction = self._home[:3, 1]
         client.camera.on_update(lambda camera: self._mark_moved(client.client_id))
         self._mark_moved(client.client_id)
@@ -222,17 +224,25 @@ class Viewer:
         with self._lock:
             due = {cid for cid in self._moved if cid in clients}
             self._moved -= due
-        for cid, (version, when) in self._shown.items():
+            shown = list(self._shown.items())  # viser's thread removes clients that leave
+        for cid, (version, when) in shown:
             if cid in clients and version < self._model_version and start - when >= self.refresh_s:
                 due.add(cid)
         for cid in due:
-            self._render_for(clients[cid])
+            try:
+                self._render_for(clients[cid])
+            except Exception as err:  # a frame that fails must not stop a training run: say so once, go on
+                if not self._warned:
+                    warn(f"viewer: a frame failed ({type(err).__name__}: {err}); training goes on")
+                    self._warned = True
         return time.perf_counter() - start
 
     def serve(self, stop, idle_s: float = 0.02) -> None:
         """Serve a model that no longer changes until stop() returns True."""
         while not stop():
-            if self.poll() == 0.0 or not self._moved:
+            frames = self.frames_rendered
+            self.poll()
+            if self.frames_rendered == frames:
                 time.sleep(idle_s)
 
     def _render_for(self, client) -> None:
@@ -246,7 +256,8 @@ class Viewer:
         self.last_frame_s = time.perf_counter() - start
         client.scene.set_background_image(picture, format="jpeg", jpeg_quality=90)
         self.last_frame, self.frames_rendered = picture, self.frames_rendered + 1
-        self._shown[client.client_id] = (self._model_version, time.perf_counter())
+        with self._lock:
+            self._shown[client.client_id] = (self._model_version, time.perf_counter())
         self._show_status()
 
     def _show_status(self) -> None:

@@ -4,6 +4,7 @@
     sampling       inverse-CDF (hierarchical) sampling of the coarse weights (NeRF Sec. 5.2)
     hash_encoding  the multiresolution hash encoding of Instant-NGP (Sec. 3, Eq. 2-4), forward and backward
     ray_marching   occupancy-grid ray marching and the grid's maintenance (Instant-NGP Sec. 5.4, Appendix E)
+    distortion_loss  mip-NeRF 360's distortion loss (Eq. 15) in linear time, forward and backward
     backend        choosing torch / cuda / emulated and launching kernels/<module>.cu
 
 Each module is imported by name (``from kernels.ray_marching import march_rays``); the package re-exports the

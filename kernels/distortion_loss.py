@@ -7,7 +7,7 @@ Glossary: R rays, S intervals per ray (S + 1 interval ends).
 It pulls the weights of each ray into one compact blob (no floaters). Written as a double sum it costs O(S^2)
 per ray; with the midpoints sorted, prefix sums make it O(S) (see kernels/distortion_loss.cu for the algebra).
 
-Three faces (CONVENTIONS.md, kernels/): :func:`distortion_loss_torch` is the readable twin (cumsum, autograd
+Three faces, as every module of kernels/ (kernels/__init__.py): :func:`distortion_loss_torch` is the readable twin (cumsum, autograd
 does the backward), ``kernels/distortion_loss.cu`` computes the loss and its gradient in two passes per ray, and
 :func:`distortion_loss` dispatches by backend. The interval ends are constants: only w gets a gradient (in
 03_mipnerf360.py the ends are drawn without gradient).

@@ -1,4 +1,4 @@
-"""Chamfer distance (DTU protocol) and mesh surface sampling, against cases with known answers."""
+"""Chamfer distance (the averaging step of the DTU protocol) and mesh surface sampling, against cases with known answers."""
 import math
 
 import numpy as np

@@ -196,3 +196,19 @@ def test_browser_shows_the_models_render_and_it_follows_the_camera(tiny_run):
         to_own = np.abs(_canvas(shot) - _frame_region(own, browser_shot.shape)).mean()
         to_other = np.abs(_canvas(shot) - _frame_region(other, browser_shot.shape)).mean()
         assert to_own < 0.7 * to_other, (to_own, to_other)
+
+
+def test_frame_picture_shows_rgb_depth_and_normals_as_stated():
+    from matplotlib import colormaps
+
+    from common.viewer import frame_picture
+
+    out = {"rgb": torch.tensor([[[1.0, 0.5, 0.0], [0.0, 0.0, 1.0]]]),
+           "depth": torch.tensor([[2.0, 0.3]]), "opacity": torch.tensor([[1.0, 0.1]]),
+           "normal": torch.tensor([[[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]]])}
+    assert frame_picture(out, "rgb", 2.0, 6.0).tolist() == [[[255, 128, 0], [0, 0, 255]]]
+    depth = frame_picture(out, "depth", 2.0, 6.0)
+    near_colour = (np.asarray(colormaps["turbo"](0.0)[:3]) * 255 + 0.5).astype(np.uint8)
+    assert depth[0, 0].tolist() == near_colour.tolist()  # at the near bound: the first turbo colour
+    assert depth[0, 1].tolist() == [255, 255, 255]  # opacity 0.1: the ray hits nothing, white
+    assert frame_picture(out, "normal", 2.0, 6.0).tolist() == [[[128, 128, 255], [0, 128, 128]]]

@@ -81,7 +81,7 @@ def test_notebook_executes_without_error(path, python3_kernel_of_this_interprete
 
 # --- 3D scenes (common/scene3d.py): stored as self-contained pages, shown without a server or a network ---
 SCENE3D_MARK = "# 3D (common/scene3d.py)"  # how a 3D cell's source starts
-NOTEBOOKS_WITH_3D = ("01_nerf", "04_hashnerf")
+NOTEBOOKS_WITH_3D = ("01_nerf", "02_mipnerf", "03_mipnerf360", "04_hashnerf", "05_instant_neus")
 # Each stored scene is one page holding viser's client (about 0.8 MB of inline JavaScript) and the scene's data;
 # a notebook with two scenes and its figures weighs about 2.3 MB. The limit keeps clones and diffs reasonable.
 NOTEBOOK_MAX_BYTES = 4_000_000

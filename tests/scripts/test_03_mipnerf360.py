@@ -92,13 +92,13 @@ def test_mipnerf360_trains_the_object_centred_builtin_scene_with_the_blender_rec
                                                                                       capsys):
     """The built-in object scene (cameras at radius 4, objects within 1.3, white background): under the 360
     recipe and its Charbonnier loss it used to render white only (9.3 dB, exit 0). --recipe auto gives it the
-    Blender recipe; 250 steps at 50x50 must clear a white image by far."""
-    argv = ["--quick", "--scene", "builtin", "--downscale", "2", "--iters", "250", "--n_test_views", "2",
+    Blender recipe; 150 steps at 50x50 must clear a white image by far."""
+    argv = ["--quick", "--scene", "builtin", "--downscale", "2", "--iters", "150", "--n_test_views", "2",
             "--outdir", str(tmp_path), "--device", "cpu", *NO_VIDEO]
     metrics = mipnerf360_script.main(argv)
     assert "recipe blender: near 2, far 6" in capsys.readouterr().out
-    # The bar: an all-white image scores ~9-10 dB here, each view's mean colour ~13 dB; 250 steps reach ~20.
-    assert metrics["mean_psnr"] >= 17.0, metrics
+    # The bar: an all-white image scores ~9-10 dB here, each view's mean colour 11.3 dB; 150 steps reach 18.9.
+    assert metrics["mean_psnr"] >= 16.0, metrics
     assert metrics["mean_psnr"] > metrics["constant_psnr"] + 4.0, metrics
 
 
@@ -126,12 +126,12 @@ def test_the_360_recipe_on_a_white_background_scene_is_stopped_as_dead_not_silen
 @pytest.mark.skipif(not _lego_present(), reason=f"lego not found in {LEGO}")
 def test_mipnerf360_trains_lego(mipnerf360_script, tmp_path):
     """The issue's failure on the real scene: `--quick --scene lego` rendered white only (9.7 dB). At 50x50 and
-    300 steps the Blender recipe must clear the white image's score by far."""
+    150 steps the Blender recipe must clear the white image's score by far (20.0 dB measured; a constant 10.7)."""
     from pathlib import Path
 
     datadir = str(Path(__file__).resolve().parents[2] / LEGO)
-    argv = ["--quick", "--scene", "lego", "--datadir", datadir, "--downscale", "8", "--iters", "300",
-            "--n_test_views", "3", "--outdir", str(tmp_path), "--device", "cpu", *NO_VIDEO]
+    argv = ["--quick", "--scene", "lego", "--datadir", datadir, "--downscale", "8", "--iters", "150",
+            "--n_test_views", "2", "--outdir", str(tmp_path), "--device", "cpu", *NO_VIDEO]
     metrics = mipnerf360_script.main(argv)
     assert metrics["mean_psnr"] >= 16.0, metrics
-    assert metrics["mean_psnr"] > metrics["constant_psnr"] + 3.0, metrics
+    assert metrics["mean_psnr"] > metrics["constant_psnr"] + 4.0, metrics

@@ -167,3 +167,27 @@ def test_builtin_surface_scores_measure_what_they_say(neus):
     assert exact["completeness"] == pytest.approx(exact["completeness_floor"], rel=0.15), exact
     moved = neus.builtin_surface_scores(vertices + np.array([0.05, 0.0, 0.0]), faces, 8000)
     assert 0.015 < moved["accuracy"] < 0.05, moved  # a shift of 0.05 along x: |f*| between 0 and 0.05 (the normal's x part)
+
+
+def test_a_dtu_mesh_is_scored_with_dtus_protocol_when_its_ground_truth_is_given(neus, tmp_path, monkeypatch, capsys):
+    """--dtu_gt: the mesh of a DTU scene goes through common/dtu_eval.py (synthetic ground truth in DTU's formats, a
+    mesh 1 mm outside it); without --dtu_gt, one line says no Chamfer was computed."""
+    from types import SimpleNamespace
+
+    from common.cli import parse_config
+    from common.mesh import marching_cubes, sample_grid
+    from tests.common.test_dtu_eval import _write_ground_truth
+
+    _write_ground_truth(tmp_path / "gt")
+    box = torch.tensor([[-60.0] * 3, [60.0] * 3])
+    vertices, faces = marching_cubes(sample_grid(lambda p: p.norm(dim=-1) - 51.0, box, 32), box, level=0.0,
+                                     inside="below")
+    monkeypatch.setattr(neus, "extract_mesh", lambda *args: (vertices, faces, np.zeros_like(vertices, dtype=np.uint8)))
+    scene = SimpleNamespace(name="dtu_scan24", root=tmp_path / "dtu_scan24")
+    cfg = parse_config(neus.Config, ["--dtu_gt", str(tmp_path / "gt")])
+    result = neus.extract_and_score_mesh(None, None, scene, cfg, "torch", "cpu", tmp_path / "mesh.ply")
+    assert 0.8 < result["accuracy"] < 1.3 and 0.8 < result["completeness"] < 1.4, result  # 1 mm, a 32^3 mesh
+    assert "DTU protocol" in capsys.readouterr().out
+    result = neus.extract_and_score_mesh(None, None, scene, parse_config(neus.Config, []), "torch", "cpu",
+                                         tmp_path / "mesh.ply")
+    assert "accuracy" not in result and "no Chamfer distance computed for dtu_scan24" in capsys.readouterr().out
