@@ -401,7 +401,8 @@ def readme_block(name: str) -> str:
              f"`{saved['command']}` ({settings['time_budget_s']:.0f} s of training per method, {at_once}, "
              f"{settings['n_test_views'] or 'all'} test views spread evenly over the test split, the same for every "
              f"method; `benchmarks/results/compare-{name}.*`). Machine: {m.get('cpu_model', '?')}, {cores} cores, "
-             f"{m.get('gpu_name') or 'no GPU'}; "
+             f"{m.get('gpu_name') or 'no GPU'}"
+             + (f", OMP_NUM_THREADS={m['omp_num_threads']} for every run" if m.get("omp_num_threads") else "") + "; "
              f"load average (1 min) {load[0][0]:.1f} at the start and {load[1][0]:.1f} at the end"
              + (": measured under load (other jobs shared the cores), so the steps each method made in its time are "
                 "fewer than on an idle machine, by an amount that differed between cells." if loaded else "."), ""]

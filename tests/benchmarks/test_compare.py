@@ -156,8 +156,13 @@ def test_kill_then_resume(tmp_path):
 
 def test_ray_engine_end_to_end(local_ray_cluster, tmp_path):
     """The same command on a Ray cluster (a local one with 2 CPUs): the cell runs in a Ray worker."""
-    code = compare.main(["--methods", "04", "--engine", "ray", "--ray_address", local_ray_cluster, "--outdir",
-                         str(tmp_path), *TINY, "--iters", "30", "--extra", "--batch_rays 256"])
+    import ray
+
+    try:
+        code = compare.main(["--methods", "04", "--engine", "ray", "--ray_address", local_ray_cluster, "--outdir",
+                             str(tmp_path), *TINY, "--iters", "30", "--extra", "--batch_rays 256"])
+    finally:  # the connection carries this module's PYTHONPATH for the workers: other tests connect afresh
+        ray.shutdown()
     rows = json.loads((tmp_path / "table.json").read_text())
     assert code == 0 and rows[0]["status"] in ("done", "dead model") and rows[0]["steps"] == 30
     assert rows[0]["lpips"] is not None or compare_lpips_missing()
