@@ -68,7 +68,7 @@ class CompareConfig:
     """One table of the NeRF family: every method on the same scenes for the same time, scored on the same views."""
 
     methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": "scripts to compare: 01 ... 05 or their names (01_nerf, ...)"})
-    scenes: list[str] = field(default_factory=lambda: ["builtin"], metadata={"help": "scenes, as each script's --scene takes them (builtin, lego, a folder)"})
+    scenes: list[str] = field(default_factory=lambda: ["builtin"], metadata={"help": "scenes, as each script's --scene takes them (builtin, lego, a folder); own = each method's own built-in scene (builtin_unbounded for 03, builtin for the rest)"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "random seeds: one cell per method x scene x seed", "min": 0, "max": 2**32 - 1})
     time_budget_s: float = field(default=300.0, metadata={"help": "seconds of training per cell (evaluation excluded); each script also stops at its --iters, whichever comes first; 0 = steps only (--iters)", "min": 0})
     iters: Optional[int] = field(default=None, metadata={"help": "training steps per cell (default: each script's preset)", "min": 1})
@@ -90,10 +90,25 @@ class CompareConfig:
     readme_from: Optional[str] = field(default=None, metadata={"help": "run nothing: regenerate README.md's block between the compare-table markers from benchmarks/results/compare-<name>.json"})
     table_only: bool = field(default=False, metadata={"help": "run nothing: rebuild the table and the plot from the run folders"})
     save_results: Optional[str] = field(default=None, metadata={"help": "also copy the table and plot to benchmarks/results/compare-<name>.* with the command and machine"})
-    quick: bool = field(default=False, metadata={"help": "all five methods on the built-in scene, a few seconds each (a smoke test)"})
+    quick: bool = field(default=False, metadata={"help": "all five methods, each on its own built-in scene at half size (50x50; 03's unbounded scene 32x32), each script's --quick preset, 12 s of training each, 2 test views (a smoke test that each method learns: CI checks it beats a constant image)"})
 
 
-PRESETS = {"quick": dict(time_budget_s=20.0, n_test_views=2, eval_every=25, script_quick=True)}
+# --quick: the smoke test CI runs. Half-size images and a sparse val_psnr curve keep evaluation (which the budget
+# does not count) to a few seconds per cell; 12 s of training is enough for every method to beat the constant image.
+PRESETS = {"quick": dict(scenes=["own"], time_budget_s=12.0, n_test_views=2, eval_every=50, downscale=2,
+                         script_quick=True)}
+# `--scenes own`: the scene each script trains on by default (03 is the unbounded method: its built-in scene is the
+# objects inside a distant sky; the others' is the object over a white background).
+OWN_SCENES = {"03_mipnerf360": "builtin_unbounded"}
+# --quick only, after METHOD_ARGS: 04's quick preset samples every cell of its occupancy grid for 64 steps (0.4 s a
+# step on a CPU, most of a 12 s budget); 16 steps of warm-up let it prune the empty space within the budget. 05's mesh
+# is not scored in the table: 64^3 instead of 128^3 saves seconds.
+QUICK_METHOD_ARGS = {"04_hashnerf": ["--grid_warmup", "16"], "05_instant_neus": ["--mesh_resolution", "64"]}
+
+
+def method_scene(scene: str, method: str) -> str:
+    """The --scene a method's cell gets: `own` resolves to the method's own built-in scene."""
+    return OWN_SCENES.get(method, "builtin") if scene == "own" else scene
 
 
 def method_name(text: str) -> str:
@@ -113,10 +128,11 @@ def plan_cells(cfg: CompareConfig) -> list[dict]:
     """One task per method x scene x seed: the script's command line and the cell's folder (absolute: a Ray or
     SLURM worker may start elsewhere)."""
     tasks = []
-    for scene in cfg.scenes:
-        # A folder given relative to this shell's directory, for scripts that run in the repository root.
-        scene_arg = str(Path(scene).resolve()) if Path(scene).is_dir() else scene
+    for scenes in cfg.scenes:
         for method in cfg.methods:
+            scene = method_scene(scenes, method)
+            # A folder given relative to this shell's directory, for scripts that run in the repository root.
+            scene_arg = str(Path(scene).resolve()) if Path(scene).is_dir() else scene
             for seed in cfg.seeds:
                 folder = cell_dir(Path(cfg.outdir).resolve(), scene, method, seed)
                 args = ["--scene", scene_arg, "--seed", str(seed), "--outdir", str(folder),
@@ -127,7 +143,8 @@ def plan_cells(cfg: CompareConfig) -> list[dict]:
                 args += ["--quick"] if cfg.script_quick else ["--preset", cfg.preset]
                 if cfg.iters is not None:
                     args += ["--iters", str(cfg.iters)]
-                args += METHOD_ARGS.get(method, []) + shlex.split(cfg.extra)
+                args += METHOD_ARGS.get(method, []) + (QUICK_METHOD_ARGS.get(method, []) if cfg.quick else [])
+                args += shlex.split(cfg.extra)
                 tasks.append(dict(method=method, scene=Path(scene).name, seed=seed, folder=str(folder),
                                   command=[f"{method}.py", *args]))
     return tasks
@@ -261,7 +278,8 @@ def cell_row(folder, method: str, scene: str, seed: int) -> dict:
 
 def build_table(outdir, methods, scenes, seeds) -> list[dict]:
     """One row per method x scene x seed, from the run folders under `outdir` (whatever state they are in)."""
-    rows = [cell_row(cell_dir(outdir, scene, method, seed), method, Path(scene).name, seed)
+    rows = [cell_row(cell_dir(outdir, method_scene(scene, method), method, seed), method,
+                     Path(method_scene(scene, method)).name, seed)
             for scene in scenes for method in methods for seed in seeds]
     for scene in {r["scene"] for r in rows}:  # the same held-out views for every method of a scene
         view_sets = {tuple(r["views"]) for r in rows if r["scene"] == scene and r.get("views")}
