@@ -99,7 +99,8 @@ def test_options_have_ranges_and_quick_covers_the_family():
     quick = parse_config(compare.CompareConfig, ["--quick"], presets=compare.PRESETS)
     tasks = compare.plan_cells(quick)
     assert [t["method"] for t in tasks] == list(compare.METHODS) and all("--quick" in t["command"] for t in tasks)
-    assert all(t["command"][t["command"].index("--time_budget_s") + 1] == "20.0" for t in tasks)
+    assert all(t["command"][t["command"].index("--time_budget_s") + 1] == "12.0" for t in tasks)
+    assert [t["scene"] for t in tasks] == ["builtin", "builtin", "builtin_unbounded", "builtin", "builtin"]
 
 
 def test_real_local_run_of_two_methods(tmp_path):
