@@ -32,6 +32,33 @@ from common.capture import Config, capture, pose_errors  # noqa: E402
 from common.data.ngp_transforms import read_transforms  # noqa: E402
 
 
+def capture_and_compare(scene: Path, out: Path, max_size: int = 480, threads: int = 2, camera_model: str = "OPENCV",
+                        overwrite: bool = False) -> dict:
+    """Run the capture command on <scene>/images into `out` and compare its poses with <scene>/transforms.json.
+
+    Returns a dict: given (the given transforms.json), given_poses ({image name: (4, 4) c2w}), meta (the
+    captured transforms.json), frames (its frames that the given file also lists), rotation_deg and position
+    (per compared frame, numpy, after the similarity alignment of `pose_errors`), spread (the given cameras' mean
+    distance from their centroid, to express position errors as a fraction), seconds (the capture's wall-clock).
+    """
+    given = read_transforms(scene / "transforms.json")
+    given_poses = {Path(f["file_path"]).name: torch.tensor(f["transform_matrix"], dtype=torch.float64)
+                   for f in given["frames"] if (scene / f["file_path"]).is_file()}
+    started = time.time()
+    capture(Config(input=str(scene / "images"), out=str(out), max_size=max_size, threads=threads,
+                   camera_model=camera_model, overwrite=overwrite))
+    seconds = time.time() - started
+    meta = json.loads((out / "transforms.json").read_text())
+    frames = [f for f in meta["frames"] if f["original"] in given_poses]
+    found = torch.tensor([f["transform_matrix"] for f in frames], dtype=torch.float64)
+    reference = torch.stack([given_poses[f["original"]] for f in frames])
+    rotation_deg, position = pose_errors(found, reference)
+    centres = reference[:, :3, 3].numpy()
+    spread = float(np.linalg.norm(centres - centres.mean(0), axis=-1).mean())
+    return {"given": given, "given_poses": given_poses, "meta": meta, "frames": frames, "rotation_deg": rotation_deg,
+            "position": position, "spread": spread, "seconds": seconds}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scene", default="../shared/data/fox", help="a folder with transforms.json and images/")
@@ -42,25 +69,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--machine_note", default="", help="e.g. '2 cores shared with other jobs'")
     args = parser.parse_args(argv)
     scene = Path(args.scene)
-    given = read_transforms(scene / "transforms.json")
-    given_poses = {Path(f["file_path"]).name: torch.tensor(f["transform_matrix"], dtype=torch.float64)
-                   for f in given["frames"] if (scene / f["file_path"]).is_file()}
     load_before = os.getloadavg()
-    started = time.time()
     with tempfile.TemporaryDirectory() as work:
         out = Path(args.out) if args.out else Path(work) / "capture"
-        capture(Config(input=str(scene / "images"), out=str(out), max_size=args.max_size, threads=args.threads,
-                       camera_model=args.camera_model, overwrite=bool(args.out)))
-        seconds = time.time() - started
-        meta = json.loads((out / "transforms.json").read_text())
+        compared = capture_and_compare(scene, out, max_size=args.max_size, threads=args.threads,
+                                       camera_model=args.camera_model, overwrite=bool(args.out))
         picture = (out / "reconstruction.png").read_bytes()
     load_after = os.getloadavg()
-    frames = [f for f in meta["frames"] if f["original"] in given_poses]
-    found = torch.tensor([f["transform_matrix"] for f in frames], dtype=torch.float64)
-    reference = torch.stack([given_poses[f["original"]] for f in frames])
-    rotation_deg, position = pose_errors(found, reference)
-    centres = reference[:, :3, 3].numpy()
-    spread = float(np.linalg.norm(centres - centres.mean(0), axis=-1).mean())
+    seconds, given, meta, frames = compared["seconds"], compared["given"], compared["meta"], compared["frames"]
+    rotation_deg, position, spread = compared["rotation_deg"], compared["position"], compared["spread"]
+    given_poses = compared["given_poses"]
     result = {
         "what": "poses recovered by python -m common.capture against the given transforms.json, after a similarity "
                 "alignment of the camera centres",

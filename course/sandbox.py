@@ -58,7 +58,9 @@ _probe_result: dict[str, bool] = {}
 
 def sandbox_available() -> bool:
     """Whether bwrap exists and can make the namespaces we ask for, and setpriv can drop to another user id
-    (checked once per process by running `true` in the same sandbox the worker gets)."""
+    (checked once per process by running `true` in the same sandbox the worker gets). Where it can, this
+    interpreter must also start in that sandbox and import numpy, or every student would score 0 for a reason of
+    the grader's own (a worker dying before it answers reads as the student's fault): that stops in one line."""
     if "ok" not in _probe_result:
         ok = bwrap_path() is not None and shutil.which("setpriv") is not None and os.geteuid() == 0
         if ok:
@@ -67,7 +69,22 @@ def sandbox_available() -> bool:
                 ok = subprocess.run(command, capture_output=True, timeout=30).returncode == 0
             except (OSError, subprocess.SubprocessError):
                 ok = False
+        if ok:
+            python_check = bwrap_command(Path("/"), Path("/"), Path("/tmp"), [sys.executable, "-c", "import numpy"],
+                                         uid=SANDBOX_UID_BASE)
+            try:
+                finished = subprocess.run(python_check, capture_output=True, timeout=60)
+                problem = (finished.stderr.decode(errors="replace").strip().splitlines() or
+                           [f"exit status {finished.returncode}"])[-1] if finished.returncode else None
+            except (OSError, subprocess.SubprocessError) as error:
+                problem = str(error)
+            if problem:
+                _probe_result["python_problem"] = problem
         _probe_result["ok"] = ok
+    if "python_problem" in _probe_result:
+        raise UserError(f"this Python ({sys.executable}) cannot start inside the grader's sandbox "
+                        f"({_probe_result['python_problem']}): grade with an interpreter whose files are all "
+                        f"world-readable (a virtual environment in a folder other users may enter)")
     return _probe_result["ok"]
 
 
@@ -95,7 +112,10 @@ def next_uid() -> int:
 def bwrap_command(code_dir: Path, judge_dir: Path, out_dir: Path, argv: list[str], *, uid: int) -> list[str]:
     command = [bwrap_path() or "bwrap", "--ro-bind", "/usr", "/usr", "--ro-bind", "/bin", "/bin",
                "--ro-bind", "/lib", "/lib", "--ro-bind-try", "/lib64", "/lib64",
-               "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+               "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
+               # The private /tmp comes before the interpreter's folders: bwrap mounts in order, so a virtual
+               # environment that lives under /tmp (a CI checkout there) is bound on top of it, not hidden by it.
+               "--perms", "1777", "--tmpfs", "/tmp"]
     made = set()
     for root in python_roots():
         for parent in reversed(root.parents):  # world-readable parents: the worker is not root
@@ -104,7 +124,7 @@ def bwrap_command(code_dir: Path, judge_dir: Path, out_dir: Path, argv: list[str
                 made.add(parent)
         command += ["--ro-bind", str(root), str(root)]
     command += ["--ro-bind", str(code_dir), "/code", "--ro-bind", str(judge_dir), "/judge",
-                "--bind", str(out_dir), "/out", "--perms", "1777", "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev",
+                "--bind", str(out_dir), "/out", "--proc", "/proc", "--dev", "/dev",
                 "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
                 "--die-with-parent", "--new-session", "--clearenv",
                 "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp", "--setenv", "PYTHONPATH", "/code",

@@ -7,6 +7,11 @@ Layout of a scene folder (NeuS's public DTU data, and the Instant-NeuS competiti
     image/<i>.png        RGB photographs, named with 6 digits (000000.png, NeuS) or 3 (000.png, Jittor); both work
     mask/<i>.png         object masks (white = object; 3-channel or grey), 3 or 6 digits, matched by the number
 View i of the images pairs with world_mat_<i> by the number in its file name.
+Variants found in public copies are read too: images/ for image/, masks/ for mask/, JPEG (.jpg, .jpeg) as well
+as PNG, any number of digits, either case of suffix. Other files beside them (the copy's poses_bounds.npy, a
+sparse/ model, README, .DS_Store, files not named by a number) are ignored. A folder with both image/ and images/
+holding numbered images, or two files with one number (000.png and 000.jpg), is refused in one line: which one is
+meant is not ours to guess.
 
 What the loader does, once, here:
   * P = (world_mat @ scale_mat)[:3] projects the *unit-sphere frame* to pixels; decomposing it (RQ) gives K and
@@ -34,7 +39,9 @@ from common.data.scene import SPLITS, Cameras, Scene, Split, check_matrix, downs
 from common.errors import UserError
 
 CAMERAS_FILE = "cameras_sphere.npz"
-_NUMBERED_PNG = re.compile(r"^(\d{3}|\d{6})\.png$")
+_NUMBERED_IMAGE = re.compile(r"^(\d+)\.(png|jpe?g)$", re.IGNORECASE)
+IMAGE_FOLDERS = ("image", "images")  # NeuS / IDR name it image/; other public copies images/
+MASK_FOLDERS = ("mask", "masks")
 MASK_THRESHOLD = 0.5  # NeuS thresholds its masks at 0.5 (Jittor-Instant-NeuS at 0.1)
 
 
@@ -75,14 +82,47 @@ def decompose_projection(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return K / K[2, 2], c2w
 
 
-def _numbered_pngs(folder: Path) -> dict[int, Path]:
-    """{number: path} of the 3- or 6-digit PNGs in a folder."""
-    return {int(p.stem): p for p in sorted(folder.iterdir()) if _NUMBERED_PNG.match(p.name)}
+def _numbered_images(folder: Path) -> dict[int, Path]:
+    """{number: path} of the numbered PNG or JPEG files in a folder (other files are ignored); two files with one
+    number are a one-line UserError."""
+    found = {}
+    for path in sorted(folder.iterdir()):
+        match = _NUMBERED_IMAGE.match(path.name)
+        if match is None or not path.is_file():
+            continue
+        number = int(match.group(1))
+        if number in found:
+            raise UserError(f"{folder} holds two files for view {number}: {found[number].name} and {path.name}; "
+                            f"remove one of them")
+        found[number] = path
+    return found
+
+
+def _find_numbered(root: Path, folders: tuple[str, ...], what: str) -> tuple[Path | None, dict[int, Path]]:
+    """(folder, {number: path}) of the one folder among root/<folders> that holds numbered images; (None, {})
+    when none does; a one-line UserError when several do."""
+    holding = [(root / name, _numbered_images(root / name)) for name in folders if (root / name).is_dir()]
+    holding = [(folder, files) for folder, files in holding if files]
+    if len(holding) > 1:
+        raise UserError(f"{root} holds {what} in both {holding[0][0].name}/ and {holding[1][0].name}/: keep one "
+                        f"of the two folders (or move the other out of the scene folder)")
+    return holding[0] if holding else (None, {})
+
+
+def _what_is_there(root: Path, folders: tuple[str, ...]) -> str:
+    """For the 'not found' line: what the folders that exist hold instead (or that none exists)."""
+    present = [root / name for name in folders if (root / name).is_dir()]
+    if not present:
+        return f"neither {' nor '.join(name + '/' for name in folders)} exists"
+    others = sorted(p.name for folder in present for p in folder.iterdir())
+    sample = f" (e.g. {', '.join(others[:3])})" if others else ""
+    return f"{', '.join(p.name + '/' for p in present)} holds {len(others)} other file(s){sample}"
 
 
 def _read_cameras(path: Path) -> dict:
     if not path.is_file():
-        raise UserError(f"{path} not found: a NeuS/DTU scene folder needs cameras_sphere.npz beside image/ and mask/")
+        raise UserError(f"{path} not found: a NeuS/DTU scene folder needs cameras_sphere.npz beside image/ (or "
+                        f"images/) and mask/ (or masks/)")
     try:
         with np.load(path) as data:
             return {key: np.asarray(data[key], dtype=np.float64) for key in data.files}
@@ -106,18 +146,20 @@ def load_dtu(root, downscale: int = 1, splits=SPLITS, max_images: dict | int | N
     if downscale < 1:
         raise UserError(f"--downscale must be a positive integer, got {downscale}")
     cameras = _read_cameras(root / CAMERAS_FILE)
-    images = _numbered_pngs(root / "image") if (root / "image").is_dir() else {}
+    image_dir, images = _find_numbered(root, IMAGE_FOLDERS, "images")
     if not images:
-        raise UserError(f"no images in {root / 'image'}: expected image/000.png or image/000000.png, ...")
-    masks = _numbered_pngs(root / "mask") if (root / "mask").is_dir() else {}
+        raise UserError(f"no images in {root}: expected image/ or images/ with numbered PNG or JPEG files "
+                        f"(000.png, 000000.jpg, ...), but {_what_is_there(root, IMAGE_FOLDERS)}")
+    mask_dir, masks = _find_numbered(root, MASK_FOLDERS, "masks")
     unmasked = [images[i].name for i in images if i not in masks]
     if unmasked:
-        raise UserError(f"{len(unmasked)} view(s) of {root / 'image'} have no mask in {root / 'mask'} (first: "
-                        f"{unmasked[0]}); add them (all white for views without one)")
+        where = mask_dir if mask_dir is not None else f"{root} ({_what_is_there(root, MASK_FOLDERS)})"
+        raise UserError(f"{len(unmasked)} view(s) of {image_dir} have no mask in {where} (first: "
+                        f"{unmasked[0]}); add {mask_dir.name if mask_dir else 'mask'}/<number>.png for them (all white for views without one)")
     uncalibrated = [images[i].name for i in images if f"world_mat_{i}" not in cameras]
     if uncalibrated:
         raise UserError(f"{root / CAMERAS_FILE} has no world_mat entry for {len(uncalibrated)} image(s) (first: "
-                        f"image/{uncalibrated[0]}); remove those images or regenerate the cameras file")
+                        f"{image_dir.name}/{uncalibrated[0]}); remove those images or regenerate the cameras file")
     numbers = sorted(images)
     scale_mat = cameras.get(f"scale_mat_{numbers[0]}", np.eye(4))
 

@@ -71,20 +71,26 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _read_images(root: Path, factor: int) -> tuple[list[Path], np.ndarray]:
-    """The photographs reduced by `factor`: from images_<factor>/ if present, else images/ reduced here."""
+    """The photographs reduced by `factor`: from images_<factor>/ if present, else from the nearest finer folder
+    images_<g>/ whose g divides factor (or images/, g = 1), reduced here by factor / g (area averaging)."""
     folder = root / f"images_{factor}"
     reduce_by = 1
     if not folder.is_dir():
-        folder, reduce_by = root / "images", factor
+        finer = [g for g in range(factor - 1, 1, -1) if factor % g == 0 and (root / f"images_{g}").is_dir()]
+        folder, reduce_by = (root / f"images_{finer[0]}", factor // finer[0]) if finer else (root / "images", factor)
         if not folder.is_dir():
-            raise UserError(f"{root} has neither images_{factor}/ nor images/: pass --llff_factor with a factor "
-                            f"whose images_<factor>/ folder exists")
+            present = sorted(p.name for p in root.glob("images_*") if p.is_dir())
+            raise UserError(f"{root} has neither images_{factor}/ nor images/ (nor an images_<g>/ with g dividing "
+                            f"{factor}) to reduce; it holds {', '.join(present) or 'no images folder'}: choose "
+                            f"--llff_factor and --downscale whose product has a folder")
     files = _image_files(folder)
     if not files:
         raise UserError(f"{folder} holds no .png or .jpg image")
     images = [downscale_area(read_image(path)[..., :3], reduce_by) for path in files]
     if len({image.shape for image in images}) > 1:
         raise UserError(f"images of mixed sizes in {folder}: LLFF captures need one size")
+    if min(images[0].shape[:2]) < 1:
+        raise UserError(f"--llff_factor x --downscale = {factor} is larger than the images of {folder}")
     return files, np.stack(images)
 
 
@@ -94,18 +100,25 @@ def recentre_poses(c2w: np.ndarray) -> np.ndarray:
     return np.linalg.inv(average) @ c2w  # (N, 4, 4)
 
 
-def load_llff(root, factor: int = 4, hold: int = LLFF_HOLD, splits=("train", "val", "test")) -> ForwardFacingScene:
+def load_llff(root, factor: int = 4, hold: int = LLFF_HOLD, splits=("train", "val", "test"), downscale: int = 1,
+              max_images: dict | int | None = None) -> ForwardFacingScene:
     """Read an LLFF scene folder (see the module docstring) into a ForwardFacingScene with train/val/test splits.
 
     factor: which images_<factor>/ to read (mip-NeRF: 4 for LLFF); the focal length is scaled by the ratio of
         the loaded width to the width recorded in poses_bounds.npy (= 1 / factor for LLFF's own reductions).
+    downscale: a further integer reduction d, as for the other formats: the images of images_<factor * d>/ when
+        that folder exists, else those of the nearest finer folder reduced here by area averaging (see
+        `_read_images`); the focal length follows the loaded width as above.
     hold: every `hold`-th image (0, hold, 2 hold, ...) is a test image; "val" is the test images too.
+    max_images: keep only the first n images of a split ({"train": n, ...} or one int).
     """
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"scene folder {root} not found: pass --scene with an LLFF folder (poses_bounds.npy, images_4/)")
+    if factor < 1 or downscale < 1:
+        raise UserError(f"--llff_factor and --downscale must be positive integers, got {factor} and {downscale}")
     poses, bounds = read_poses_bounds(root)
-    files, images = _read_images(root, factor)
+    files, images = _read_images(root, factor * downscale)
     if len(files) != len(poses):
         raise UserError(f"{root}: {len(files)} images in {files[0].parent.name}/ but {len(poses)} poses in "
                         f"poses_bounds.npy; the two must match one to one (sorted by file name)")
@@ -129,6 +142,8 @@ def load_llff(root, factor: int = 4, hold: int = LLFF_HOLD, splits=("train", "va
     loaded = {}
     for split in splits:
         ids = train_ids if split == "train" else test_ids
+        limit = max_images.get(split) if isinstance(max_images, dict) else max_images
+        ids = ids[:limit] if limit is not None else ids
         cams = Cameras(c2w=torch.from_numpy(c2w[ids]).float(), K=K.expand(len(ids), 3, 3).clone(), height=H, width=W)
         loaded[split] = Split(split, torch.from_numpy(images[ids]), cams,
                               [files[i].relative_to(root).as_posix() for i in ids])

@@ -38,8 +38,8 @@ def load_scene(
         `common.data.ngp_transforms.load_ngp_transforms`.
     downscale, splits, max_images, gt_protocol: see `load_blender`.
     Also: a folder holding metadata.json is read as a multiscale Blender scene (`common.data.multiscale`), one
-    holding poses_bounds.npy as an LLFF capture (`common.data.llff`, reading images_<llff_factor>/), one holding a
-    COLMAP model (cameras.bin or .txt in sparse/0/, sparse/ or itself) by `common.data.colmap.load_colmap`, one
+    holding poses_bounds.npy as an LLFF capture (`common.data.llff`, images_<llff_factor * downscale>/, or a
+    finer folder reduced), one holding a COLMAP model (cameras.bin or .txt in sparse/0/, sparse/ or itself) by `common.data.colmap.load_colmap`, one
     holding cameras_sphere.npz by `common.data.dtu.load_dtu`.
     A folder holding several of these (a public DTU copy with cameras_sphere.npz, poses_bounds.npy and sparse/)
     is read in the first format, in FORMAT_FILES order, whose layout the script suits, and one warning line says
@@ -101,7 +101,7 @@ def load_scene(
     if present:
         return _checked(_read(present[0][0], root, downscale, splits, max_images, gt_protocol, llff_factor), layouts)
     if root.is_dir() and any(root.glob("images*")):  # photos without poses: LLFF's reader names what is missing
-        return load_llff(root, factor=llff_factor, splits=splits)
+        return load_llff(root, factor=llff_factor, splits=splits, downscale=downscale, max_images=max_images)
     if not root.is_dir() and ("/" in scene or "\\" in scene or scene.startswith(".")):
         raise UserError(f"scene folder {root} not found: pass --scene with a folder holding transforms_train.json")
     if not root.is_dir():
@@ -156,7 +156,7 @@ def _read(fmt, root, downscale, splits, max_images, gt_protocol, llff_factor) ->
     if fmt == "colmap":
         return load_colmap(root, downscale, splits, max_images)
     if fmt == "llff":
-        return load_llff(root, factor=llff_factor, splits=splits)
+        return load_llff(root, factor=llff_factor, splits=splits, downscale=downscale, max_images=max_images)
     if fmt == "dtu":
         return load_dtu(root, downscale, splits, max_images)
     return load_blender(root, downscale, splits, max_images, gt_protocol)

@@ -147,3 +147,53 @@ def test_visual_hull_keeps_every_cell_inside_the_builtin_shapes_and_little_else(
     assert bool(kept[distance < cell].all())  # every cell the object enters survives
     assert float(kept[distance > 0.5].float().mean()) < 0.01  # space far from the object is carved away
     assert float(kept.float().mean()) < 0.2
+
+
+def test_public_copy_variants_read_like_the_neus_layout(tmp_path):
+    """images/ and masks/ for image/ and mask/, JPEG for PNG (upper-case suffix too), and extra files beside the
+    data: the same cameras, the same masks and the photographs up to JPEG's loss."""
+    from PIL import Image
+
+    reference = load_dtu(_tiny_scene(tmp_path / "neus"), holdout_every=0).splits["train"]
+    root = _tiny_scene(tmp_path / "public")
+    (root / "image").rename(root / "images")
+    (root / "mask").rename(root / "masks")
+    for i, path in enumerate(sorted((root / "images").iterdir())):
+        suffix = ".JPG" if i == 1 else ".jpg"
+        Image.open(path).convert("RGB").save(path.with_suffix(suffix), quality=95)
+        path.unlink()
+    mask = root / "masks" / "002.png"
+    Image.open(mask).convert("L").save(mask.with_suffix(".jpg"), quality=95)
+    mask.unlink()
+    for extra in ("README.txt", "images/.DS_Store", "images/notes.txt", "masks/Thumbs.db", "images/000_small.png"):
+        (root / extra).write_bytes(b"not data")
+    (root / "images" / "004.png").mkdir()  # a folder named like an image is no image
+    np.save(root / "poses_bounds.npy", np.zeros((3, 17)))
+    loaded = load_dtu(root, holdout_every=0).splits["train"]
+    assert loaded.files == ["images/000.jpg", "images/001.JPG", "images/002.jpg"]
+    torch.testing.assert_close(loaded.cameras.c2w, reference.cameras.c2w)
+    torch.testing.assert_close(loaded.cameras.K, reference.cameras.K)
+    assert torch.equal(loaded.images[..., 3], reference.images[..., 3])  # masks: JPEG noise is far from 0.5
+    assert float((loaded.images[..., :3] - reference.images[..., :3]).abs().mean()) < 0.02
+
+
+def test_ambiguous_or_missing_variants_are_one_line_errors(tmp_path):
+    root = _tiny_scene(tmp_path / "both")
+    shutil.copytree(root / "image", root / "images")
+    with pytest.raises(UserError, match=r"images in both image/ and images/") as err:
+        load_dtu(root)
+    assert "\n" not in str(err.value)
+    root = _tiny_scene(tmp_path / "twice")
+    shutil.copy(root / "image" / "001.png", root / "image" / "001.jpg")
+    with pytest.raises(UserError, match=r"two files for view 1: 001.jpg and 001.png"):
+        load_dtu(root)
+    root = _tiny_scene(tmp_path / "tiff")
+    for path in (root / "image").iterdir():
+        path.rename(path.with_suffix(".tif"))
+    with pytest.raises(UserError, match=r"image/ holds 3 other file\(s\) \(e.g. 000.tif") as err:
+        load_dtu(root)
+    assert "\n" not in str(err.value)
+    root = _tiny_scene(tmp_path / "nomask")
+    shutil.rmtree(root / "mask")
+    with pytest.raises(UserError, match=r"neither mask/ nor masks/ exists"):
+        load_dtu(root)

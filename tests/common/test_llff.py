@@ -108,3 +108,60 @@ def test_malformed_poses_bounds_is_a_one_line_error(tmp_path):
     np.save(tmp_path / "poses_bounds.npy", np.zeros((3, 15)))
     with pytest.raises(UserError, match=r"not \(N, 17\)"):
         read_poses_bounds(tmp_path)
+
+
+def _generated_llff(root: Path, n: int = 9, full_hw=(32, 48), focal: float = 40.0, folders=(2,)) -> dict:
+    """An LLFF folder: n cameras side by side looking the same way, poses_bounds.npy recording the full size
+    (32 x 48, focal 40), and images_<f>/ for each f in `folders` holding random images reduced by f.
+    Returns {f: (n, H / f, W / f, 3) the images written}."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    H, W = full_hw
+    rows = []
+    for i in range(n):
+        pose = np.zeros((3, 5))
+        pose[:, :3] = np.eye(3)  # [down, right, backwards] axes along the world's
+        pose[:, 3] = [0.1 * (i % 3), 0.1 * (i // 3), 0.0]
+        pose[:, 4] = [H, W, focal]
+        rows.append(np.concatenate([pose.ravel(), [2.0, 10.0]]))
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(root / "poses_bounds.npy", np.array(rows))
+    written = {}
+    for f in folders:
+        (root / f"images_{f}").mkdir()
+        images = rng.integers(0, 256, (n, H // f, W // f, 3), dtype=np.uint8)
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(root / f"images_{f}" / f"image{i:03d}.png")
+        written[f] = images.astype(np.float32) / 255
+    return written
+
+
+def test_downscale_reads_the_reduced_folder_or_reduces_the_nearest_finer_one(tmp_path):
+    """--downscale d with --llff_factor f reads images_<f d>/ when it exists, else reduces images_<f>/ by d
+    (area averaging); the focal length follows the loaded width (40 x 12 / 48 = 10 for f d = 4)."""
+    written = _generated_llff(tmp_path / "a", folders=(2,))
+    scene = load_scene(str(tmp_path / "a"), llff_factor=2, downscale=2)
+    train = scene.splits["train"]
+    assert train.images.shape[1:] == (8, 12, 3)
+    assert float(train.cameras.K[0, 0, 0]) == pytest.approx(10.0)
+    reduced = written[2].reshape(9, 8, 2, 12, 2, 3).mean(axis=(2, 4))  # 2 x 2 block means of images_2/
+    torch.testing.assert_close(train.images, torch.from_numpy(reduced[[1, 2, 3, 4, 5, 6, 7]]), atol=1e-6, rtol=0)
+    assert train.files[0] == "images_2/image001.png"
+    written = _generated_llff(tmp_path / "b", folders=(2, 4))  # images_4/ present: read as it is
+    scene = load_scene(str(tmp_path / "b"), llff_factor=2, downscale=2, max_images=3)
+    torch.testing.assert_close(scene.splits["train"].images, torch.from_numpy(written[4][[1, 2, 3]]), atol=1e-6,
+                               rtol=0)
+    assert scene.splits["train"].files[0] == "images_4/image001.png" and len(scene.splits["test"].files) == 2
+    default = load_scene(str(tmp_path / "b"), llff_factor=2)  # downscale 1: images_2/ as before
+    assert default.splits["train"].images.shape[1:] == (16, 24, 3)
+    assert float(default.splits["train"].cameras.K[0, 0, 0]) == pytest.approx(20.0)
+
+
+def test_downscale_without_a_folder_to_reduce_or_too_large_is_refused_in_one_line(tmp_path):
+    _generated_llff(tmp_path, folders=(2,))
+    with pytest.raises(UserError, match=r"neither images_3/ nor images/ .*it holds images_2") as err:
+        load_scene(str(tmp_path), llff_factor=1, downscale=3)  # 3 is no multiple of 2: nothing to reduce
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match=r"--llff_factor x --downscale = 64 is larger than the images"):
+        load_scene(str(tmp_path), llff_factor=2, downscale=32)

@@ -161,6 +161,34 @@ def test_grader_refuses_without_a_sandbox_in_one_line_and_a_missing_folder(tmp_p
         grade_all.main([str(tmp_path), "--out", str(tmp_path.parent / "grades")])
 
 
+def test_the_sandbox_sees_an_interpreter_that_lives_under_tmp_and_refuses_one_it_cannot_start(monkeypatch):
+    """A CI checkout under /tmp has its virtual environment there: the sandbox's private /tmp must not hide it
+    (it did, and every student of the roster scored 0: 'the worker died (exit status 127)'). An interpreter the
+    sandbox cannot start stops the grader in one line instead of failing every student."""
+    if not sandbox.sandbox_available():
+        pytest.skip("bubblewrap sandbox not usable here (needs bwrap, setpriv and root)")
+    import tempfile
+    folder = Path(tempfile.mkdtemp(prefix="venv-like-", dir="/tmp"))
+    try:
+        folder.chmod(0o755)
+        (folder / "marker").write_text("seen from inside")
+        (folder / "marker").chmod(0o644)
+        monkeypatch.setattr(sandbox, "python_roots", lambda: [folder])
+        command = sandbox.bwrap_command(Path("/"), Path("/"), Path("/tmp"), ["/bin/cat", str(folder / "marker")],
+                                        uid=sandbox.SANDBOX_UID_BASE)
+        finished = subprocess.run(command, capture_output=True, timeout=60)
+        assert finished.stdout == b"seen from inside", finished.stderr
+    finally:
+        import shutil
+        shutil.rmtree(folder)
+    monkeypatch.undo()
+    monkeypatch.setattr(sandbox, "_probe_result", {})
+    monkeypatch.setattr(sys, "executable", "/nonexistent/venv/bin/python")
+    with pytest.raises(UserError, match="cannot start inside the grader's sandbox") as refused:
+        sandbox.sandbox_available()
+    assert "\n" not in str(refused.value)
+
+
 def test_a_symlinked_or_missing_part_file_is_refused_not_followed(tmp_path):
     student = tmp_path / "student"
     (student / "common").mkdir(parents=True)
