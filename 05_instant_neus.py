@@ -57,7 +57,7 @@ from common.training import TrainingRun, check_finite, prepare_run, seed_everyth
 from common.video import save_image, write_video
 from common.visual_hull import carve_grid, hull_bbox
 from kernels import ray_indices_from_counts
-from kernels.backend import resolve_backend
+from kernels.backend import auto_backend_note, resolve_backend
 from kernels.compositing import composite
 from kernels.hash_encoding import HashEncoding, hash_encode
 from kernels.ray_marching import OccupancyGrid, cell_indices_of, march_rays, pack_bitfield
@@ -494,7 +494,11 @@ def build(cfg: Config, scene, device):
 def train(cfg: Config) -> dict:
     """Train the SDF field; evaluate views, extract and score the mesh; write pictures and videos. Returns metrics."""
     device = resolve_device(cfg.device)
-    backend = resolve_backend(cfg.backend, device)
+    # auto on a CPU: the emulated kernels (the .cu compiled with g++), twice as fast as the twins here, except for
+    # autograd's SDF gradient (--no-numerical_gradients), whose second derivative only the twin has
+    backend = resolve_backend(cfg.backend, device, cpu_choice="emulated" if cfg.numerical_gradients else "torch")
+    if note := auto_backend_note(cfg.backend, backend):
+        print(note)
     seed_everything(cfg.seed)
     scene = load_scene(cfg.scene, cfg.datadir, downscale=cfg.downscale, gt_protocol=cfg.gt_protocol)
     if cfg.calc_bbox:

@@ -353,7 +353,7 @@ class RunConfig:
     outdir: Optional[str] = field(default=None, metadata={"help": "run folder (default runs/<script>/<scene>)"})
     downscale: int = field(default=1, metadata={"help": "reduce images by this factor (area averaging)", "min": 1})
     iters: int = field(default=30_000, metadata={"help": "training iterations", "min": 1})
-    backend: str = field(default="auto", metadata={"help": "kernels: torch | cuda | emulated | auto"})
+    backend: str = field(default="auto", metadata={"help": "kernels: torch | cuda | emulated | auto (cuda on a GPU with CuPy; on a CPU, emulated for 04 and 05 where g++ runs, else torch)"})
     device: str = field(default="auto", metadata={"help": "cpu | cuda | auto"})
     # NumPy's seed must fit in 32 unsigned bits; a negative one is refused by np.random.seed.
     seed: int = field(default=0, metadata={"help": "random seed", "min": 0, "max": 2**32 - 1})

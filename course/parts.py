@@ -120,7 +120,7 @@ PARTS: tuple[Part, ...] = (
 )
 
 
-# The parts each lesson's `--quick` run calls (CPU, --backend auto = torch; 01-03 measured with --iters 2): a release with these solved runs the
+# The parts each lesson's `--quick` run calls (CPU, --backend auto, which in a release is torch; 01-03 measured with --iters 2): a release with these solved runs the
 # lesson to the end; without one of them the lesson stops, in one line, at the first it reaches. Measured on a
 # release with exactly these parts solved and all others blank (tests/course checks 01's row on every CI run).
 LESSON_PARTS: dict[str, tuple[str, ...]] = {

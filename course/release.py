@@ -17,6 +17,7 @@ without it, --skip-notebooks leaves the marked notebooks out of OUT and says whi
 """
 import argparse
 import ast
+import json
 import shutil
 import subprocess
 import sys
@@ -128,6 +129,9 @@ def have_nbgrader() -> bool:
     return True
 
 
+RELEASE_MARK = Path("course") / "RELEASE.json"  # kept in sync with kernels/backend.py
+
+
 def release(out_dir: Path, *, solved=(), skip_notebooks: bool = False, root: Path = REPO_ROOT) -> list[str]:
     """Write the release into out_dir (new or empty). Returns the notebooks left out (with skip_notebooks)."""
     out_dir, root = Path(out_dir).resolve(), Path(root).resolve()
@@ -165,6 +169,9 @@ def release(out_dir: Path, *, solved=(), skip_notebooks: bool = False, root: Pat
             out_path.write_text(source)
         else:
             shutil.copy2(source_path, out_path)
+    # The mark of a release: with it, --backend auto keeps the PyTorch twins on a CPU in 04 and 05 too
+    # (kernels/backend.py), so that a lesson runs the student's own twin (occupancy_update), not the .cu.
+    (out_dir / RELEASE_MARK).write_text(json.dumps({"solved": sorted(solved)}) + "\n")
     check_no_hidden_tests(out_dir)
     return left_out
 

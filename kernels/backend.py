@@ -59,18 +59,35 @@ def cupy_status() -> str | None:
     return None
 
 
-def default_backend(device: torch.device | str) -> str:
-    """``cuda`` when the run is on a GPU and CuPy works there, otherwise ``torch``."""
+def default_backend(device: torch.device | str, cpu_choice: str = "torch") -> str:
+    """``cuda`` when the run is on a GPU and CuPy works there. On a CPU, ``cpu_choice``: ``torch``, or
+    ``emulated`` for a script whose kernels are most of its time (04 and 05: on 2 CPU cores their --quick runs
+    train 1.8x and 2.3x faster with the CUDA source compiled by g++ than with the twins, to the same PSNR;
+    benchmarks/results/compare-cpu-backend-*-quick.*), which falls back to ``torch`` where no C++ compiler runs
+    and in a course release."""
     if torch.device(device).type == "cuda" and cupy_status() is None:
         return "cuda"
+    if torch.device(device).type == "cpu" and cpu_choice == "emulated" and not in_course_release():
+        try:
+            emulation_compiler()
+            return "emulated"
+        except BackendError:
+            return "torch"
     return "torch"
 
 
-def resolve_backend(name: str | None, device: torch.device | str) -> str:
-    """Turn the ``--backend`` flag into one of BACKENDS, or raise a one-line BackendError."""
+def in_course_release() -> bool:
+    """Whether this code is a course release (`python -m course.release` writes course/RELEASE.json): there auto
+    keeps the twins on a CPU, so that a lesson runs the student's own PyTorch twin (occupancy_update is a part)."""
+    return (Path(__file__).resolve().parents[1] / "course" / "RELEASE.json").exists()
+
+
+def resolve_backend(name: str | None, device: torch.device | str, cpu_choice: str = "torch") -> str:
+    """Turn the ``--backend`` flag into one of BACKENDS, or raise a one-line BackendError. ``auto`` (or None) is
+    `default_backend(device, cpu_choice)`."""
     device = torch.device(device)
     if name in (None, "auto"):
-        return default_backend(device)
+        return default_backend(device, cpu_choice)
     if name not in BACKENDS:
         raise BackendError(f"unknown --backend {name!r}: choose one of {', '.join(BACKENDS)} (or auto)")
     if name == "cuda":
@@ -85,6 +102,14 @@ def resolve_backend(name: str | None, device: torch.device | str) -> str:
             raise BackendError("--backend emulated runs the CUDA source on the CPU: add --device cpu")
         emulation_compiler()  # fail now, with the fix, rather than at the first kernel call
     return name
+
+
+def auto_backend_note(name: str | None, backend: str) -> str | None:
+    """The start-up line of a run whose `--backend auto` chose the emulated kernels on a CPU (None otherwise)."""
+    if name in (None, "auto") and backend == "emulated":
+        return ("backend auto -> emulated: the CUDA kernels compiled for the CPU with g++ (about twice as fast here "
+                "as the PyTorch twins; the first compile takes a while and is cached); --backend torch for the twins")
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------

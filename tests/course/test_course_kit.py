@@ -1,5 +1,6 @@
 """The course kit (course/): the release blanks exactly the marked bodies, stays importable and never holds the
 hidden cases; the grader's pieces (comparison, refusals). The gradings themselves are in test_roster.py."""
+import json
 import os
 import subprocess
 import sys
@@ -98,6 +99,20 @@ def test_a_release_runs_a_lesson_whose_parts_are_solved_and_stops_in_one_line_at
                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert (tmp_path / "run" / "test").is_dir() and "not written yet" not in ran.stderr
+
+
+def test_in_a_release_auto_runs_the_students_twin_not_the_cuda_source(tmp_path):
+    """Outside a release, 04's --backend auto on a CPU runs the .cu compiled for the CPU; in a release it keeps the
+    PyTorch twins, so that the lesson reaches the student's occupancy_update (here blank: it stops there)."""
+    student = tmp_path / "student"
+    release.release(student, solved=("ray_generation",), skip_notebooks=True)
+    assert json.loads((student / "course" / "RELEASE.json").read_text()) == {"solved": ["ray_generation"]}
+    ran = subprocess.run([sys.executable, "04_hashnerf.py", *QUICK_RUN, "--iters", "20", "--device", "cpu",
+                          "--outdir", str(tmp_path / "run")], cwd=student, capture_output=True, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert ran.returncode == 2 and "Traceback" not in ran.stderr, ran.stderr[-2000:]
+    assert ran.stderr.strip().splitlines()[-1].startswith("error: occupancy_update: not written yet"), ran.stderr[-2000:]
+    assert "backend auto -> emulated" not in ran.stdout
 
 
 def test_the_release_holds_no_hidden_case_and_refuses_to_leak_one(blank_release, tmp_path):

@@ -56,6 +56,22 @@ def test_resolve_backend_auto_and_explicit_choices():
     assert resolve_backend("emulated", "cpu") == "emulated"
 
 
+def test_auto_picks_the_emulated_kernels_on_a_cpu_for_the_scripts_that_ask_and_torch_without_a_compiler(monkeypatch):
+    """04 and 05 ask for cpu_choice="emulated": auto gives it where g++ runs, torch where no compiler does (never
+    an error), and only auto says so at start-up."""
+    from kernels.backend import auto_backend_note
+
+    assert resolve_backend("auto", "cpu", cpu_choice="emulated") == "emulated"
+    assert resolve_backend(None, "cpu", cpu_choice="emulated") == "emulated"
+    assert resolve_backend("torch", "cpu", cpu_choice="emulated") == "torch"
+    assert "backend auto -> emulated" in auto_backend_note("auto", "emulated")
+    assert auto_backend_note("emulated", "emulated") is None and auto_backend_note("auto", "torch") is None
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    assert resolve_backend("auto", "cpu", cpu_choice="emulated") == "torch"
+    with pytest.raises(BackendError, match="needs a C\\+\\+ compiler"):
+        resolve_backend("emulated", "cpu")
+
+
 def test_emulation_launchers_parse_kernel_signatures():
     source = """
     __device__ inline float square(float x) { return x * x; }

@@ -281,3 +281,12 @@ def test_batch_keeps_the_samples_per_step_near_the_target(hashnerf_script):
     assert hashnerf_script.next_batch_rays(4096, 0, cfg) == 1 << 18  # empty space: at most 2^18 rays
     fixed = hashnerf_script.Config(samples_per_batch=0, batch_rays=777)
     assert hashnerf_script.next_batch_rays(4096, 123456, fixed) == 777
+
+
+def test_auto_backend_on_a_cpu_is_the_emulated_kernels_and_says_so(hashnerf_script, tmp_path, capsys):
+    """No --backend on a CPU with g++: 04 runs the .cu compiled for the CPU (twice as fast as the twins here) and
+    says so in one start-up line."""
+    metrics = hashnerf_script.main(["--quick", "--iters", "2", "--downscale", "4", "--n_test_views", "1",
+                                    "--no-dead_model_check", "--outdir", str(tmp_path), "--device", "cpu", *NO_VIDEO])
+    assert metrics["backend"] == "emulated"
+    assert capsys.readouterr().out.count("backend auto -> emulated") == 1

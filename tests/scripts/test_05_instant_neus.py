@@ -222,3 +222,13 @@ def test_a_dtu_mesh_is_scored_with_dtus_protocol_when_its_ground_truth_is_given(
     result = neus.extract_and_score_mesh(None, None, scene, parse_config(neus.Config, []), "torch", "cpu",
                                          tmp_path / "mesh.ply")
     assert "accuracy" not in result and "no Chamfer distance computed for dtu_scan24" in capsys.readouterr().out
+
+
+def test_auto_backend_keeps_the_twins_where_the_sdf_gradient_needs_autograd(neus, tmp_path, capsys):
+    """05's auto picks the emulated kernels on a CPU, except with --no-numerical_gradients, whose eikonal loss
+    needs the second derivative that only the PyTorch twin of the hash encoding has."""
+    common = ["--quick", "--iters", "2", "--downscale", "4", "--n_test_views", "1", "--mesh_resolution", "16",
+              "--no-dead_model_check", "--video_frames", "0", "--device", "cpu"]
+    assert neus.main([*common, "--outdir", str(tmp_path / "auto")])["backend"] == "emulated"
+    assert "backend auto -> emulated" in capsys.readouterr().out
+    assert neus.main([*common, "--no-numerical_gradients", "--outdir", str(tmp_path / "autograd")])["backend"] == "torch"
