@@ -13,6 +13,18 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 LEGO_DIR = SHARED_DATA / "nerf_synthetic" / "lego"
 
 
+def exit_status(main, argv) -> int:
+    """The exit status a script's command line would end with: 0 when `run_main(main, argv)` returns, else the
+    SystemExit code it raises (2 for a one-line error, 3 for a dead model, ...)."""
+    from common.cli import run_main
+
+    try:
+        run_main(main, argv)
+    except SystemExit as exit_info:
+        return exit_info.code
+    return 0
+
+
 def gpu_available() -> bool:
     try:
         import torch

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.cli import run_main
 from common.errors import UserError
+from tests.conftest import exit_status
 
 CHEAP = ["--quick", "--device", "cpu", "--backend", "torch", "--downscale", "2", "--n_test_views", "1",
          "--video_frames", "0", "--batch_rays", "128", "--no-dead_model_check"]
@@ -60,11 +60,7 @@ def trained(nerf, tmp_path_factory):
 
 
 def _run(script, argv, capsys):
-    try:
-        run_main(script.main, argv)
-        status = 0
-    except SystemExit as exit_info:
-        status = exit_info.code
+    status = exit_status(script.main, argv)
     return status, capsys.readouterr().err
 
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from common.cli import run_main
 from common.errors import UserError
 from common.memory import SMALLEST_RAYS, out_of_memory_errors, render_retrying
 from common.training import TrainingRun
+from tests.conftest import exit_status
 
 # A few steps on a tiny scene: the built-in scene at 16 x 16 pixels, one test view, no video.
 CHEAP = ["--quick", "--device", "cpu", "--backend", "torch", "--downscale", "2", "--n_test_views", "1",
@@ -54,11 +54,7 @@ def _warnings(err: str) -> list[str]:
 
 def _run(script, argv, capsys):
     """(exit status, stdout, stderr) of run_main(script.main, argv)."""
-    try:
-        run_main(script.main, argv)
-        status = 0
-    except SystemExit as exit_info:
-        status = exit_info.code
+    status = exit_status(script.main, argv)
     captured = capsys.readouterr()
     return status, captured.out, captured.err
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from common.cli import run_main
+from tests.conftest import exit_status
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ["nerf_script", "hashnerf_script"]
@@ -25,11 +26,7 @@ FAST = ["--quick", "--device", "cpu", "--backend", "torch", "--batch_rays", "128
 
 def _run(script, argv, capsys):
     """(exit status, stderr) of run_main(script.main, argv); status 0 when main returns."""
-    try:
-        run_main(script.main, argv)
-        status = 0
-    except SystemExit as exit_info:
-        status = exit_info.code
+    status = exit_status(script.main, argv)
     return status, capsys.readouterr().err
 
 
