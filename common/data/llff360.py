@@ -76,13 +76,20 @@ def transform_poses_pca(c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _image_folder(root: Path, downscale: int) -> tuple[Path, int]:
-    """images_<downscale>/ when it exists (read as is), else images/ area-averaged by downscale."""
+    """images_<downscale>/ when it exists (read as is); else the coarsest images_<g>/ whose g divides downscale
+    (fern ships images_4/ and images_8/: --downscale 32 reads images_8/ reduced by 4), reduced by area by
+    downscale / g; else images/ reduced by downscale."""
     if downscale > 1 and (root / f"images_{downscale}").is_dir():
         return root / f"images_{downscale}", 1
+    finer = [g for g in range(downscale - 1, 1, -1) if downscale % g == 0 and (root / f"images_{g}").is_dir()]
+    if finer:
+        return root / f"images_{finer[0]}", downscale // finer[0]
     if (root / "images").is_dir():
         return root / "images", downscale
-    raise UserError(f"{root} has neither images_{downscale}/ nor images/: copy the photographs next to "
-                    f"poses_bounds.npy")
+    present = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("images"))
+    raise UserError(f"{root} has no images_{downscale}/, no images_<g>/ with g dividing {downscale} and no images/ "
+                    f"(it has: {', '.join(present) or 'no image folder'}): give a --downscale of one of its folders, "
+                    f"or copy the photographs next to poses_bounds.npy")
 
 
 def load_llff360(root, downscale: int = 4, splits=("train", "val", "test"),

@@ -58,3 +58,28 @@ def test_fern_loads_with_focal_scaled_to_its_images():
     focal_full = float(np.load(fern / "poses_bounds.npy")[0, 14])
     assert float(test.cameras.K[0, 0, 0]) == pytest.approx(focal_full * 504 / 4032, rel=1e-6)
     assert float(test.cameras.c2w[:, :3, 3].abs().max()) <= 1.0 + 1e-6
+
+
+def test_a_factor_without_its_folder_reads_the_nearest_finer_folder_reduced_by_area(tmp_path):
+    """--downscale 8 with only images_2/ (and images_3/, which does not divide 8): images_2/ reduced by 4, the
+    focal length following the width actually loaded; a factor no folder divides is refused in one line."""
+    from common.errors import UserError
+
+    c2w = _ring_capture(n=8)
+    llff = torch.stack([-c2w[:, :3, 1], c2w[:, :3, 0], c2w[:, :3, 2], c2w[:, :3, 3]], -1)  # OpenGL -> LLFF columns
+    hwf = torch.tensor([32.0, 48.0, 40.0], dtype=torch.float64).expand(8, 3)[..., None]
+    poses = torch.cat([llff, hwf], -1).reshape(8, 15).numpy()
+    np.save(tmp_path / "poses_bounds.npy", np.concatenate([poses, np.tile([[1.0, 10.0]], (8, 1))], 1))
+    rng = np.random.default_rng(0)
+    for name, (h, w) in (("images_2", (16, 24)), ("images_3", (10, 16))):
+        (tmp_path / name).mkdir()
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / name / f"{i:03d}.png")
+    scene = load_llff360(tmp_path, downscale=8, splits=("test",))
+    test = scene.splits["test"]
+    assert test.images.shape[1:] == (4, 6, 3) and test.files[0].startswith("images_2/")
+    first = np.asarray(Image.open(tmp_path / "images_2" / "000.png"), dtype=np.float32) / 255
+    np.testing.assert_allclose(test.images[0].numpy(), first.reshape(4, 4, 6, 4, 3).mean((1, 3)), atol=1e-5)
+    assert float(test.cameras.K[0, 0, 0]) == pytest.approx(40.0 * 6 / 48)
+    with pytest.raises(UserError, match="no images_5/, no images_<g>/ with g dividing 5 and no images/ .*images_2, images_3"):
+        load_llff360(tmp_path, downscale=5)
