@@ -28,6 +28,7 @@ if str(REPO_ROOT) not in sys.path:  # `python course/release.py` as well as `pyt
     sys.path.insert(0, str(REPO_ROOT))
 
 from common.errors import UserError  # noqa: E402
+from kernels.backend import COURSE_RELEASE_MARK  # noqa: E402
 from course.parts import BEGIN_MARKER, END_MARKER, NOTEBOOK_EXERCISES, PARTS  # noqa: E402
 
 STUB_IMPORT = "from course.unwritten import PartNotWritten  # the release's stub: replace these two lines"
@@ -129,9 +130,6 @@ def have_nbgrader() -> bool:
     return True
 
 
-RELEASE_MARK = Path("course") / "RELEASE.json"  # kept in sync with kernels/backend.py
-
-
 def release(out_dir: Path, *, solved=(), skip_notebooks: bool = False, root: Path = REPO_ROOT) -> list[str]:
     """Write the release into out_dir (new or empty). Returns the notebooks left out (with skip_notebooks)."""
     out_dir, root = Path(out_dir).resolve(), Path(root).resolve()
@@ -171,7 +169,7 @@ def release(out_dir: Path, *, solved=(), skip_notebooks: bool = False, root: Pat
             shutil.copy2(source_path, out_path)
     # The mark of a release: with it, --backend auto keeps the PyTorch twins on a CPU in 04 and 05 too
     # (kernels/backend.py), so that a lesson runs the student's own twin (occupancy_update), not the .cu.
-    (out_dir / RELEASE_MARK).write_text(json.dumps({"solved": sorted(solved)}) + "\n")
+    (out_dir / COURSE_RELEASE_MARK).write_text(json.dumps({"solved": sorted(solved)}) + "\n")
     check_no_hidden_tests(out_dir)
     return left_out
 

@@ -76,10 +76,13 @@ def default_backend(device: torch.device | str, cpu_choice: str = "torch") -> st
     return "torch"
 
 
+COURSE_RELEASE_MARK = Path("course") / "RELEASE.json"  # written by course/release.py into every release
+
+
 def in_course_release() -> bool:
-    """Whether this code is a course release (`python -m course.release` writes course/RELEASE.json): there auto
+    """Whether this code is a course release (`python -m course.release` writes COURSE_RELEASE_MARK): there auto
     keeps the twins on a CPU, so that a lesson runs the student's own PyTorch twin (occupancy_update is a part)."""
-    return (Path(__file__).resolve().parents[1] / "course" / "RELEASE.json").exists()
+    return (Path(__file__).resolve().parents[1] / COURSE_RELEASE_MARK).exists()
 
 
 def resolve_backend(name: str | None, device: torch.device | str, cpu_choice: str = "torch") -> str:

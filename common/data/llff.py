@@ -70,19 +70,25 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
+def reduced_image_folder(root: Path, factor: int) -> tuple[Path, int]:
+    """(folder, further reduction) for the photographs of `root` reduced by `factor`: images_<factor>/ as is;
+    else the coarsest images_<g>/ whose g divides factor, reduced by factor / g (fern ships images_4/ and images_8/:
+    32 reads images_8/ reduced by 4); else images/ reduced by factor. The folder may not exist (callers say so)."""
+    if (root / f"images_{factor}").is_dir():
+        return root / f"images_{factor}", 1
+    finer = [g for g in range(factor - 1, 1, -1) if factor % g == 0 and (root / f"images_{g}").is_dir()]
+    return (root / f"images_{finer[0]}", factor // finer[0]) if finer else (root / "images", factor)
+
+
 def _read_images(root: Path, factor: int) -> tuple[list[Path], np.ndarray]:
     """The photographs reduced by `factor`: from images_<factor>/ if present, else from the nearest finer folder
     images_<g>/ whose g divides factor (or images/, g = 1), reduced here by factor / g (area averaging)."""
-    folder = root / f"images_{factor}"
-    reduce_by = 1
+    folder, reduce_by = reduced_image_folder(root, factor)
     if not folder.is_dir():
-        finer = [g for g in range(factor - 1, 1, -1) if factor % g == 0 and (root / f"images_{g}").is_dir()]
-        folder, reduce_by = (root / f"images_{finer[0]}", factor // finer[0]) if finer else (root / "images", factor)
-        if not folder.is_dir():
-            present = sorted(p.name for p in root.glob("images_*") if p.is_dir())
-            raise UserError(f"{root} has neither images_{factor}/ nor images/ (nor an images_<g>/ with g dividing "
-                            f"{factor}) to reduce; it holds {', '.join(present) or 'no images folder'}: choose "
-                            f"--llff_factor and --downscale whose product has a folder")
+        present = sorted(p.name for p in root.glob("images_*") if p.is_dir())
+        raise UserError(f"{root} has neither images_{factor}/ nor images/ (nor an images_<g>/ with g dividing "
+                        f"{factor}) to reduce; it holds {', '.join(present) or 'no images folder'}: choose "
+                        f"--llff_factor and --downscale whose product has a folder")
     files = _image_files(folder)
     if not files:
         raise UserError(f"{folder} holds no .png or .jpg image")

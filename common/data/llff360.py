@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.data.llff import reduced_image_folder
 from common.data.scene import Cameras, Scene, Split, check_matrix, downscale_area, read_image
 from common.errors import UserError
 
@@ -76,16 +77,11 @@ def transform_poses_pca(c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _image_folder(root: Path, downscale: int) -> tuple[Path, int]:
-    """images_<downscale>/ when it exists (read as is); else the coarsest images_<g>/ whose g divides downscale
-    (fern ships images_4/ and images_8/: --downscale 32 reads images_8/ reduced by 4), reduced by area by
-    downscale / g; else images/ reduced by downscale."""
-    if downscale > 1 and (root / f"images_{downscale}").is_dir():
-        return root / f"images_{downscale}", 1
-    finer = [g for g in range(downscale - 1, 1, -1) if downscale % g == 0 and (root / f"images_{g}").is_dir()]
-    if finer:
-        return root / f"images_{finer[0]}", downscale // finer[0]
-    if (root / "images").is_dir():
-        return root / "images", downscale
+    """images_<downscale>/, else the coarsest images_<g>/ with g dividing downscale, else images/, with the
+    reduction still to apply (`common.data.llff.reduced_image_folder`); a one-line UserError when none exists."""
+    folder, reduce_by = reduced_image_folder(root, downscale)
+    if folder.is_dir():
+        return folder, reduce_by
     present = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("images"))
     raise UserError(f"{root} has no images_{downscale}/, no images_<g>/ with g dividing {downscale} and no images/ "
                     f"(it has: {', '.join(present) or 'no image folder'}): give a --downscale of one of its folders, "
