@@ -367,7 +367,7 @@ def next_batch_rays(n_rays: int, n_samples: int, cfg: Config) -> int:
 def train(cfg: Config) -> dict:
     """Train the hash-grid field; evaluate on the test split; write pictures and videos. Returns the metrics."""
     device = resolve_device(cfg.device)
-    # auto on a CPU: the emulated kernels (the .cu compiled with g++), twice as fast as the twins here; torch where no compiler runs
+    # auto on a CPU: the emulated kernels (the .cu compiled with g++), about twice as fast as the twins here; torch where no compiler runs
     backend = resolve_backend(cfg.backend, device, cpu_choice="emulated")
     if note := auto_backend_note(cfg.backend, backend):
         print(note)

@@ -494,7 +494,7 @@ def build(cfg: Config, scene, device):
 def train(cfg: Config) -> dict:
     """Train the SDF field; evaluate views, extract and score the mesh; write pictures and videos. Returns metrics."""
     device = resolve_device(cfg.device)
-    # auto on a CPU: the emulated kernels (the .cu compiled with g++), twice as fast as the twins here, except for
+    # auto on a CPU: the emulated kernels (the .cu compiled with g++), about twice as fast as the twins here, except for
     # autograd's SDF gradient (--no-numerical_gradients), whose second derivative only the twin has
     backend = resolve_backend(cfg.backend, device, cpu_choice="emulated" if cfg.numerical_gradients else "torch")
     if note := auto_backend_note(cfg.backend, backend):

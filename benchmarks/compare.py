@@ -94,9 +94,9 @@ class CompareConfig:
 
 
 # --quick: the smoke test CI runs (tests/benchmarks/test_compare.py). A step count per method rather than seconds,
-# so that a loaded 2-core CI machine gets the same table as a quiet one; each count is what its method needs on its
-# own built-in scene at half size to beat the constant image clearly (measured: benchmarks/README.md). Half-size
-# images and 2 test views keep evaluation to a few seconds per cell.
+# so that a loaded 2-core CI machine gets the same table as a quiet one; with these counts every method beats the
+# constant image on its own built-in scene at half size by 2.5 dB or more (benchmarks/results/compare-quick-cpu.*).
+# Half-size images and 2 test views keep evaluation to a few seconds per cell.
 PRESETS = {"quick": dict(scenes=["own"], time_budget_s=0.0, n_test_views=2, eval_every=40, downscale=2,
                          script_quick=True)}
 QUICK_ITERS = {"01_nerf": 200, "02_mipnerf": 200, "03_mipnerf360": 200, "04_hashnerf": 200, "05_instant_neus": 150}
