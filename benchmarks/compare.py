@@ -72,7 +72,7 @@ class CompareConfig:
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "random seeds: one cell per method x scene x seed", "min": 0, "max": 2**32 - 1})
     time_budget_s: float = field(default=300.0, metadata={"help": "seconds of training per cell (evaluation excluded); each script also stops at its --iters, whichever comes first; 0 = steps only (--iters)", "min": 0})
     iters: Optional[int] = field(default=None, metadata={"help": "training steps per cell (default: each script's preset)", "min": 1})
-    downscale: int = field(default=1, metadata={"help": "image reduction factor for every cell", "min": 1})
+    downscale: int = field(default=1, metadata={"help": "image reduction factor for every cell (03 on a poses_bounds.npy capture gets 4x it, the same images as the others: method_downscale)", "min": 1})
     preset: str = field(default="auto", metadata={"help": "each script's --preset (auto: cpu on a CPU, paper on a GPU)"})
     script_quick: bool = field(default=False, metadata={"help": "pass --quick to every script (their small presets)"})
     n_test_views: int = field(default=8, metadata={"help": "held-out views scored per cell, the same for every method (evenly spread; 0 = all)", "min": 0})
@@ -103,6 +103,8 @@ QUICK_ITERS = {"01_nerf": 200, "02_mipnerf": 200, "03_mipnerf360": 200, "04_hash
 # `--scenes own`: the scene each script trains on by default (03 is the unbounded method: its built-in scene is the
 # objects inside a distant sky; the others' is the object over a white background).
 OWN_SCENES = {"03_mipnerf360": "builtin_unbounded"}
+# The images_<f>/ folder that load_scene reads of a poses_bounds.npy capture before --downscale (its llff_factor).
+LLFF_BASE_FACTOR = 4
 # --quick only, after METHOD_ARGS: 05's mesh is not scored in the table; 64^3 instead of 128^3 saves seconds.
 QUICK_METHOD_ARGS = {"05_instant_neus": ["--mesh_resolution", "64"]}
 
@@ -110,6 +112,17 @@ QUICK_METHOD_ARGS = {"05_instant_neus": ["--mesh_resolution", "64"]}
 def method_scene(scene: str, method: str) -> str:
     """The --scene a method's cell gets: `own` resolves to the method's own built-in scene."""
     return OWN_SCENES.get(method, "builtin") if scene == "own" else scene
+
+
+def method_downscale(method: str, scene: str, downscale: int) -> int:
+    """The --downscale a method's cell gets, so that every method of a scene trains and is scored on the same images.
+    A capture with poses_bounds.npy is the one case where the scripts read the factor differently: 01, 02, 04 and 05
+    (`common.data.load.load_scene`) read images_4/ reduced further by N, where 03 reads N as multinerf does, as
+    images_N/ of the full-size photographs (its --help says so). Its cell gets 4 N: fern with --downscale 8 is then
+    126x94 for all three (4032 / 32), where 03 alone would otherwise train on 504x378."""
+    if method == "03_mipnerf360" and (Path(scene) / "poses_bounds.npy").is_file():
+        return LLFF_BASE_FACTOR * downscale
+    return downscale
 
 
 def method_name(text: str) -> str:
@@ -139,8 +152,9 @@ def plan_cells(cfg: CompareConfig) -> list[dict]:
                 args = ["--scene", scene_arg, "--seed", str(seed), "--outdir", str(folder),
                         "--time_budget_s", str(cfg.time_budget_s), "--resume", "--n_test_views", str(cfg.n_test_views),
                         "--eval_every", str(cfg.eval_every), "--video_frames", "0"]
-                if cfg.downscale > 1:
-                    args += ["--downscale", str(cfg.downscale)]
+                downscale = method_downscale(method, scene, cfg.downscale)
+                if downscale > 1:
+                    args += ["--downscale", str(downscale)]
                 args += ["--quick"] if cfg.script_quick else ["--preset", cfg.preset]
                 if cfg.iters is not None:
                     args += ["--iters", str(cfg.iters)]

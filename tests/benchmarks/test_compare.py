@@ -95,6 +95,26 @@ def test_cells_are_planned_with_the_same_views_and_resume():
         compare.method_name("06")
 
 
+def test_a_poses_bounds_capture_gets_the_same_images_in_every_cell(tmp_path):
+    """03 reads --downscale N of a poses_bounds.npy capture as images_N/ of the full-size photographs, the others
+    read images_4/ reduced by N: 03's cell gets 4 N, so that one table scores every method on the same images."""
+    import inspect
+    from common.data.load import load_scene
+    capture = tmp_path / "fern"
+    capture.mkdir()
+    (capture / "poses_bounds.npy").write_bytes(b"")
+    assert compare.LLFF_BASE_FACTOR == inspect.signature(load_scene).parameters["llff_factor"].default
+    for downscale, expected_03 in ((8, "32"), (1, "4")):
+        tasks = compare.plan_cells(compare.CompareConfig(methods=["01_nerf", "02_mipnerf", "03_mipnerf360"],
+                                                         scenes=[str(capture)], downscale=downscale))
+        given = {t["method"]: (t["command"][t["command"].index("--downscale") + 1] if "--downscale" in t["command"]
+                               else "1") for t in tasks}
+        assert given == {"01_nerf": str(downscale), "02_mipnerf": str(downscale), "03_mipnerf360": expected_03}
+    # every other layout: the same factor for every method
+    blender = compare.plan_cells(compare.CompareConfig(methods=["01_nerf", "03_mipnerf360"], scenes=["lego"], downscale=4))
+    assert [t["command"][t["command"].index("--downscale") + 1] for t in blender] == ["4", "4"]
+
+
 def test_options_have_ranges_and_quick_covers_the_family():
     from common.cli import parse_config, unranged_numeric_fields
 
