@@ -441,15 +441,31 @@ def readme_block(name: str) -> str:
     m, settings = saved["machine"], saved["settings"]
     load = saved.get("load_average_at_start"), saved.get("load_average_at_end")
     cores = m.get("cpu_cores_available") or m.get("cpu_cores_logical")
-    loaded = any(v is not None and v[0] > cores for v in load)  # more runnable processes than cores: shared
+    # cell_threads' rule, from what was saved: the cores shared among the cells at once, or the CPUs reserved
+    threads = (max(1, (m.get("cpu_cores_logical") or cores) // settings["jobs"]) if settings["engine"] == "local"
+               else settings["cpus_per_cell"])
+    loaded = any(v is not None and v[0] > cores for v in load)
+    # the views the cells scored (a split may hold fewer than --n_test_views: fern has 3)
+    scored = {r.get("n_test_views") for r in saved["rows"] if r.get("n_test_views")}
+    count = scored.pop() if len(scored) == 1 else None
+    if not settings["n_test_views"] or (count and count < settings["n_test_views"]):
+        views = f"all {count} test views" if count else "all test views"
+    else:
+        views = f"{settings['n_test_views']} test views spread evenly over the test split"
+    if settings["time_budget_s"] > 0:
+        budget = f"{settings['time_budget_s']:.0f} s of training per method"
+    elif settings.get("iters"):
+        budget = f"{settings['iters']} training steps per method"
+    else:
+        budget = "a fixed step count per method (QUICK_ITERS)" if settings.get("quick") else "each preset's steps"  # more runnable processes than cores: shared
     at_once = ("one after the other" if settings["jobs"] == 1 else f"{settings['jobs']} at a time") \
         if settings["engine"] == "local" else f"on {settings['engine']}"
     lines = [README_BEGIN.format(name=name), "",
-             f"`{saved['command']}` ({settings['time_budget_s']:.0f} s of training per method, {at_once}, "
-             f"{settings['n_test_views'] or 'all'} test views spread evenly over the test split, the same for every "
-             f"method; `benchmarks/results/compare-{name}.*`). Machine: {m.get('cpu_model', '?')}, {cores} cores, "
+             f"`{saved['command']}` ({budget}, {at_once}, "
+             f"{views}, the same for every method; `benchmarks/results/compare-{name}.*`). Machine: {m.get('cpu_model', '?')}, {cores} cores, "
              f"{m.get('gpu_name') or 'no GPU'}"
-             + (f", OMP_NUM_THREADS={m['omp_num_threads']} for every run" if m.get("omp_num_threads") else "") + "; "
+             + (f", OMP_NUM_THREADS={m['omp_num_threads']} for every run" if m.get("omp_num_threads")
+                else f", {threads} PyTorch thread{'s' if threads > 1 else ''} per run (cell_threads)") + "; "
              f"load average (1 min) {load[0][0]:.1f} at the start and {load[1][0]:.1f} at the end"
              + (": measured under load (other jobs shared the cores), so the steps each method made in its time are "
                 "fewer than on an idle machine, by an amount that differed between cells." if loaded else "."), ""]

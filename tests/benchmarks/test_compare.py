@@ -243,3 +243,15 @@ def test_readme_block_is_generated_from_the_committed_table(tmp_path, monkeypatc
     assert text.startswith("before\n<!-- compare-table") and text.endswith(compare.README_END + "\nafter\n")
     assert "old" not in text and "| lego | 04_hashnerf | 1/1 | 25.00 |" in text and "under load" in text
     assert "load average (1 min) 7.5 at the start" in text
+    assert "120 s of training per method" in text and "8 test views spread evenly" in text
+    assert "2 PyTorch threads per run" in text  # 2 cores, one cell at a time
+
+    # a split with fewer views than asked (fern: 3), a step budget, cells 2 at a time: said as they were
+    rows[0]["n_test_views"] = 3
+    (tmp_path / "compare-y.json").write_text(json.dumps(dict(
+        command="python -m benchmarks.compare --quick", machine=dict(cpu_model="Some CPU", cpu_cores_logical=2),
+        load_average_at_start=[1.0, 1.0, 1.0], load_average_at_end=[1.0, 1.0, 1.0],
+        settings=dict(time_budget_s=0.0, n_test_views=8, jobs=2, engine="local", quick=True), rows=rows)))
+    block = compare.readme_block("y")
+    assert "all 3 test views" in block and "a fixed step count per method" in block and "0 s of training" not in block
+    assert "1 PyTorch thread per run" in block and "under load" not in block
