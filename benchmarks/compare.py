@@ -444,7 +444,9 @@ def readme_block(name: str) -> str:
     # cell_threads' rule, from what was saved: the cores shared among the cells at once, or the CPUs reserved
     threads = (max(1, (m.get("cpu_cores_logical") or cores) // settings["jobs"]) if settings["engine"] == "local"
                else settings["cpus_per_cell"])
-    loaded = any(v is not None and v[0] > cores for v in load)
+    # Shared with other jobs: more runnable processes than cores before the cells started, or at the end more than
+    # the cells' own threads (cores) and one more.
+    loaded = (load[0] is not None and load[0][0] > cores) or (load[1] is not None and load[1][0] > cores + 1)
     # the views the cells scored (a split may hold fewer than --n_test_views: fern has 3)
     scored = {r.get("n_test_views") for r in saved["rows"] if r.get("n_test_views")}
     count = scored.pop() if len(scored) == 1 else None

@@ -250,7 +250,7 @@ def test_readme_block_is_generated_from_the_committed_table(tmp_path, monkeypatc
     rows[0]["n_test_views"] = 3
     (tmp_path / "compare-y.json").write_text(json.dumps(dict(
         command="python -m benchmarks.compare --quick", machine=dict(cpu_model="Some CPU", cpu_cores_logical=2),
-        load_average_at_start=[1.0, 1.0, 1.0], load_average_at_end=[1.0, 1.0, 1.0],
+        load_average_at_start=[1.0, 1.0, 1.0], load_average_at_end=[2.5, 1.0, 1.0],  # the cells' own 2 threads
         settings=dict(time_budget_s=0.0, n_test_views=8, jobs=2, engine="local", quick=True), rows=rows)))
     block = compare.readme_block("y")
     assert "all 3 test views" in block and "a fixed step count per method" in block and "0 s of training" not in block
