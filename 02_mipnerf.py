@@ -119,7 +119,7 @@ PRESETS = {
     # few thousand steps need it, as in 01's cpu preset). On multiscale lego (100 px base) it makes 3.8 steps/s on 2 CPU
     # cores; 5 minutes of it beat 5 minutes of 01 at 1/4 and 1/8 scale (benchmarks/results/multiscale-01-vs-02-*).
     # Whole views render 1024 rays at a time, not 4096: 8 lego 100x100 test views took 11.2 s instead of 16.4 s on 2
-    # idle CPU cores (a pass's activations then stay in the caches).
+    # idle CPU cores.
     "cpu": dict(iters=2500, net_depth=6, net_width=96, net_width_view=48, n_samples=32, batch_rays=512, chunk=1024,
                 lr=3e-3, lr_final=3e-4, lr_delay_steps=100, ckpt_every=500, video_frames=40, log_every=25,
                 mesh_resolution=128),
@@ -276,7 +276,7 @@ class MipMLP(nn.Module):
         for i, layer in enumerate(self.trunk):
             if i == cfg.skip_layer + 1:
                 h = torch.cat([h, encoded_x], dim=-1)  # the skip connection: the 6th layer sees IPE(x) again
-            h = F.relu(layer(h), inplace=True)  # in place: no second copy of each output (trunk ~25% faster on a CPU)
+            h = F.relu(layer(h), inplace=True)  # in place: no second copy of each output (01's trunk: 27% less time on 2 CPU cores)
         raw_density = self.density_head(h).squeeze(-1)  # (N,)
         if density_noise is not None:
             raw_density = raw_density + density_noise  # regularises LLFF scenes (paper: std 1, training only)

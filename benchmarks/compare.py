@@ -459,12 +459,12 @@ def readme_block(name: str) -> str:
     elif settings.get("iters"):
         budget = f"{settings['iters']} training steps per method"
     else:
-        budget = "a fixed step count per method (QUICK_ITERS)" if settings.get("quick") else "each preset's steps"  # more runnable processes than cores: shared
+        budget = "a fixed step count per method (QUICK_ITERS)" if settings.get("quick") else "each preset's steps"
     at_once = ("one after the other" if settings["jobs"] == 1 else f"{settings['jobs']} at a time") \
         if settings["engine"] == "local" else f"on {settings['engine']}"
     lines = [README_BEGIN.format(name=name), "",
-             f"`{saved['command']}` ({budget}, {at_once}, "
-             f"{views}, the same for every method; `benchmarks/results/compare-{name}.*`). Machine: {m.get('cpu_model', '?')}, {cores} cores, "
+             f"`{saved['command']}` ({budget}, {at_once}, {views}, the same for every method; "
+             f"`benchmarks/results/compare-{name}.*`). Machine: {m.get('cpu_model', '?')}, {cores} cores, "
              f"{m.get('gpu_name') or 'no GPU'}"
              + (f", OMP_NUM_THREADS={m['omp_num_threads']} for every run" if m.get("omp_num_threads")
                 else f", {threads} PyTorch thread{'s' if threads > 1 else ''} per run (cell_threads)") + "; "
